@@ -1,0 +1,89 @@
+"""The interface every backend implements (local processes, Slurm over a transport, and later
+pyslurm in-process). The service calls only these methods; backends never touch the registry.
+
+Batching is part of the contract: ``submit`` and ``poll`` take every task of a cluster at once
+so a remote backend can do one round trip per cycle, not one per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import HpcBridgeError
+from ..models import JobInfo, Task
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """One attempt to start: the write-ahead row is already committed with ``token``."""
+
+    task: Task
+    attempt: int
+    token: str
+    exclude_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """Result for one request. Exactly one of ``job_id`` / ``error`` is set.
+
+    ``error.transient`` (or ``unknown``) means the job may or may not exist: the attempt stays
+    ``submitting`` and is reconciled by token later; a non-transient error means the scheduler
+    definitely rejected it.
+    """
+
+    token: str
+    job_id: str | None = None
+    backend_ref: Mapping[str, Any] = field(default_factory=dict)
+    error: HpcBridgeError | None = None
+    unknown: bool = False
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """One attempt whose job the service wants news of."""
+
+    task_id: str
+    attempt: int
+    token: str
+    job_id: str | None  # None: submission outcome unknown, find the job by token
+    work_dir: str | None
+    backend_ref: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+    # Whether the scheduler itself requeues interrupted jobs (same job id) - Slurm does.
+    scheduler_requeues: bool
+
+    def prepare(self, task: Task) -> str:
+        """Create the task's work dir and upload its inputs; return the work dir path.
+        Idempotent: a second call for the same task reuses the same dir."""
+        ...
+
+    def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
+        """Start one job per request, in as few round trips as the backend can."""
+        ...
+
+    def poll(self, requests: Sequence[PollRequest]) -> dict[str, JobInfo]:
+        """Current state of each request's job, keyed by token. A token missing from the result
+        means the scheduler has no record of it (yet): the caller decides about ``lost``.
+        Raises TransportError when the cluster cannot be reached: then nothing is known."""
+        ...
+
+    def cancel(self, requests: Sequence[PollRequest]) -> None:
+        """Ask the scheduler to cancel these jobs. Confirmation comes through ``poll``."""
+        ...
+
+    def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
+        """Copy files matching the task's output globs from its work dir into ``dest``."""
+        ...
+
+    def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
+        """The job's stdout or stderr text (the last ``tail`` lines when given)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,243 @@
+"""Configuration: TOML file + environment -> frozen typed objects. The only reader of config.
+
+Resolution order for the file: explicit path (``--config``), ``$HPCBRIDGE_CONFIG``, then
+``<user config dir>/hpcbridge/config.toml``. No file means one built-in cluster ``local``.
+Errors name the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError
+from .lifecycle import RetryPolicy
+from .models import Resources
+
+APP = "hpcbridge"
+BACKENDS = ("local", "slurm")
+TRANSPORTS = ("local", "ssh")
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir(APP)) / "registry.db"
+
+
+def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("HPCBRIDGE_DB")
+    return Path(env).expanduser() if env else default_db_path()
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    backend: str = "local"
+    transport: str = "local"
+    # SSH
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    accept_new_host_keys: bool = False  # explicit opt-in; logged when it happens
+    use_ssh_config: bool = True  # read ~/.ssh/config for Host/HostName/User/Port/IdentityFile/ProxyJump
+    proxy_jump: str | None = None
+    connect_timeout: float = 15.0
+    command_timeout: float = 120.0
+    keepalive: int = 30
+    # Where tasks run on the cluster; "~" is the remote home.
+    work_dir: str = "~/hpcbridge"
+    # Site setup
+    slurm_bin_dir: str | None = None  # when a non-login shell lacks sbatch on PATH
+    login_shell: bool = False  # run scheduler commands through `bash -lc`
+    setup: tuple[str, ...] = ()  # lines placed in every batch script (module load ...)
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Defaults for every task on this cluster
+    defaults: Resources = field(default_factory=Resources)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Sync behaviour
+    lost_grace_seconds: float = 120.0  # absent from squeue and sacct this long -> lost
+    submit_grace_seconds: float = 60.0  # unknown sbatch outcome: look for the job this long
+    commands_per_minute: float = 120.0  # scheduler command budget shared by CLI and daemon
+    cycle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    clusters: Mapping[str, ClusterConfig]
+    default_cluster: str
+    path: Path | None = None  # the file it came from, None = built-in
+
+    def cluster(self, name: str | None) -> ClusterConfig:
+        key = name or self.default_cluster
+        try:
+            return self.clusters[key]
+        except KeyError:
+            where = f" in {self.path}" if self.path else " (no config file; only 'local' exists)"
+            raise ConfigError(
+                f"unknown cluster {key!r}{where}",
+                hint=f"known clusters: {', '.join(sorted(self.clusters)) or '(none)'}",
+            ) from None
+
+
+BUILTIN_LOCAL = ClusterConfig(name="local")
+
+_CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "backend": str,
+    "transport": str,
+    "host": str,
+    "port": int,
+    "user": str,
+    "identity_file": str,
+    "known_hosts": str,
+    "accept_new_host_keys": bool,
+    "use_ssh_config": bool,
+    "proxy_jump": str,
+    "connect_timeout": (int, float),
+    "command_timeout": (int, float),
+    "keepalive": int,
+    "work_dir": str,
+    "slurm_bin_dir": str,
+    "login_shell": bool,
+    "setup": list,
+    "env": dict,
+    "lost_grace_seconds": (int, float),
+    "submit_grace_seconds": (int, float),
+    "commands_per_minute": (int, float),
+    "cycle_timeout": (int, float),
+    "retry": dict,
+}
+_RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "partition": str,
+    "account": str,
+    "qos": str,
+    "time": str,
+    "cpus": int,
+    "mem": str,
+    "gres": str,
+    "signal": str,
+    "sbatch_options": list,
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config; ``path`` wins over ``$HPCBRIDGE_CONFIG`` over the default location."""
+    explicit = path or os.environ.get("HPCBRIDGE_CONFIG")
+    file = Path(explicit).expanduser() if explicit else default_config_path()
+    if not file.exists():
+        if explicit:
+            raise ConfigError(
+                f"config file {file} does not exist",
+                hint="fix --config / HPCBRIDGE_CONFIG, or unset it to use the built-in 'local'",
+            )
+        return _apply_env(Config({"local": BUILTIN_LOCAL}, "local", None))
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return _apply_env(parse_config(data, file))
+
+
+def parse_config(data: Mapping[str, Any], file: Path | None = None) -> Config:
+    where = str(file) if file else "<config>"
+    unknown = set(data) - {"default_cluster", "clusters"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {sorted(unknown)}",
+            hint="allowed: default_cluster, [clusters.NAME]",
+        )
+    raw_clusters = data.get("clusters", {})
+    if not isinstance(raw_clusters, dict):
+        raise ConfigError(f"{where}: 'clusters' must be a table of [clusters.NAME] tables")
+    clusters: dict[str, ClusterConfig] = {"local": BUILTIN_LOCAL}
+    for name, table in raw_clusters.items():
+        clusters[name] = _parse_cluster(name, table, where)
+    default = data.get("default_cluster", "local")
+    if not isinstance(default, str) or default not in clusters:
+        raise ConfigError(
+            f"{where}: default_cluster = {default!r} names no cluster",
+            hint=f"defined clusters: {', '.join(sorted(clusters))}",
+        )
+    return Config(clusters, default, file)
+
+
+def _check_type(where: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected in (int, (int, float)))
+    if not ok:
+        names = expected.__name__ if isinstance(expected, type) else " or ".join(
+            t.__name__ for t in expected
+        )
+        raise ConfigError(f"{where}: {key} must be {names}, got {value!r}")
+
+
+def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
+    prefix = f"{where}: [clusters.{name}]"
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{prefix}: cluster names may use letters, digits, '-' and '_' only")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix} must be a table")
+    kwargs: dict[str, Any] = {"name": name}
+    resources: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in _RESOURCE_KEYS:
+            _check_type(prefix, key, value, _RESOURCE_KEYS[key])
+            resources[key] = tuple(str(v) for v in value) if key == "sbatch_options" else value
+        elif key in _CLUSTER_KEYS:
+            _check_type(prefix, key, value, _CLUSTER_KEYS[key])
+            kwargs[key] = value
+        else:
+            allowed = sorted(set(_CLUSTER_KEYS) | set(_RESOURCE_KEYS))
+            raise ConfigError(f"{prefix}: unknown key {key!r}", hint=f"allowed: {', '.join(allowed)}")
+    if kwargs.get("backend", "local") not in BACKENDS:
+        raise ConfigError(f"{prefix}: backend = {kwargs['backend']!r}", hint=f"allowed: {BACKENDS}")
+    if kwargs.get("transport", "local") not in TRANSPORTS:
+        raise ConfigError(
+            f"{prefix}: transport = {kwargs['transport']!r}", hint=f"allowed: {TRANSPORTS}"
+        )
+    if kwargs.get("transport") == "ssh" and not kwargs.get("host"):
+        raise ConfigError(f"{prefix}: transport = 'ssh' needs host")
+    if kwargs.get("backend", "local") == "local" and kwargs.get("transport", "local") != "local":
+        raise ConfigError(f"{prefix}: the local backend runs on this machine; use transport = 'local'")
+    if "setup" in kwargs:
+        kwargs["setup"] = tuple(str(line) for line in kwargs["setup"])
+    if "env" in kwargs:
+        env = kwargs["env"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ConfigError(f"{prefix}: env must map names to strings")
+    if "retry" in kwargs:
+        try:
+            kwargs["retry"] = RetryPolicy.from_dict(kwargs["retry"])
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}.retry: {exc.message}", hint=exc.hint) from None
+    for key in ("connect_timeout", "command_timeout", "commands_per_minute", "cycle_timeout"):
+        if key in kwargs and kwargs[key] <= 0:
+            raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
+    kwargs["defaults"] = Resources.from_dict(resources)
+    return ClusterConfig(**kwargs)
+
+
+def _apply_env(config: Config) -> Config:
+    """``HPCBRIDGE_CLUSTER`` overrides the default cluster."""
+    override = os.environ.get("HPCBRIDGE_CLUSTER")
+    if override:
+        if override not in config.clusters:
+            raise ConfigError(
+                f"HPCBRIDGE_CLUSTER={override!r} names no cluster",
+                hint=f"defined clusters: {', '.join(sorted(config.clusters))}",
+            )
+        return Config(config.clusters, override, config.path)
+    return config

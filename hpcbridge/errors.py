@@ -1,0 +1,149 @@
+"""One error tree for hpcbridge.
+
+Every error carries the evidence (what was tried, what came back) and, where there is one, the
+fix. ``transient`` tells callers (the sync cycle, the daemon) whether trying again later may
+succeed without anybody changing anything; a transient error must never change a task's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class HpcBridgeError(Exception):
+    """Base of every error hpcbridge raises on purpose."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(HpcBridgeError):
+    """The configuration file or environment is invalid."""
+
+
+class UsageError(HpcBridgeError):
+    """An argument to the API or CLI is invalid (bad spec, bad name, bad path)."""
+
+
+class TaskNotFound(HpcBridgeError):
+    """No task has this id (or id prefix)."""
+
+
+class AmbiguousTaskId(HpcBridgeError):
+    """An id prefix matches more than one task."""
+
+
+class IllegalTransition(HpcBridgeError):
+    """The lifecycle forbids this state change; a bug or a race, never silently applied."""
+
+
+class ConflictError(HpcBridgeError):
+    """A compare-and-set write lost a race: the task changed under us. Re-read and retry."""
+
+    transient = True
+
+
+class RegistryError(HpcBridgeError):
+    """The SQLite registry could not be opened or written."""
+
+
+class RegistryBusy(RegistryError):
+    """The registry stayed locked beyond the busy timeout."""
+
+    transient = True
+
+
+class LockHeld(HpcBridgeError):
+    """Another hpcbridge process holds the sync lock for this cluster."""
+
+    transient = True
+
+
+class TransportError(HpcBridgeError):
+    """Could not reach the cluster (connect, authenticate, channel dropped).
+
+    Raised before or instead of a command result: nothing is known about the remote side, so
+    no task state may change because of it.
+    """
+
+    transient = True
+
+
+class HostKeyError(TransportError):
+    """The server's host key is unknown or does not match known_hosts. Never retried blindly."""
+
+    transient = False
+
+
+class AuthenticationError(TransportError):
+    """The server refused our credentials."""
+
+    transient = False
+
+
+class CommandTimeout(TransportError):
+    """A remote/local command did not finish in time; its outcome is unknown."""
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    kept = text.strip().splitlines()[-lines:]
+    return "\n    ".join(kept) if kept else "(empty)"
+
+
+class CommandFailed(HpcBridgeError):
+    """A command ran and exited non-zero."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        exit_status: int,
+        stderr: str,
+        *,
+        what: str | None = None,
+        hint: str | None = None,
+        stdout: str = "",
+    ) -> None:
+        self.argv = tuple(argv)
+        self.exit_status = exit_status
+        self.stderr = stderr
+        self.stdout = stdout
+        shown = " ".join(self.argv)
+        if len(shown) > 300:
+            shown = shown[:300] + " ..."
+        lead = f"{what}: " if what else ""
+        message = (
+            f"{lead}command `{shown}` exited with status {exit_status}; stderr:\n    {_tail(stderr)}"
+        )
+        super().__init__(message, hint=hint)
+
+
+class SchedulerError(CommandFailed):
+    """The scheduler (sbatch, scancel, ...) rejected a request."""
+
+
+class ParseError(HpcBridgeError):
+    """Scheduler or remote output could not be understood; carries the offending text."""
+
+    def __init__(self, what: str, text: str, *, hint: str | None = None) -> None:
+        self.text = text
+        excerpt = text if len(text) <= 400 else text[:400] + " ..."
+        super().__init__(f"could not make sense of {what}: {excerpt!r}", hint=hint)
+
+
+class BackendError(HpcBridgeError):
+    """A backend operation failed for a reason that is not a transport or command failure."""
+
+
+class FetchError(HpcBridgeError):
+    """Outputs could not be fetched (transient unless the remote files are gone)."""
+
+    transient = True

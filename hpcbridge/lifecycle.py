@@ -1,0 +1,269 @@
+"""The task lifecycle: states, the transition table and the retry policy, kept as data.
+
+Everything here is pure. ``plan_transition`` is the single place that decides what a task
+becomes after the scheduler reported something; the service only applies its answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, IllegalTransition
+
+
+class TaskState(str, enum.Enum):
+    CREATED = "created"  # registered, nothing sent yet
+    STAGING = "staging"  # inputs being uploaded
+    SUBMITTING = "submitting"  # intent recorded, sbatch outcome not yet known
+    QUEUED = "queued"  # the scheduler knows the job, not running yet
+    RUNNING = "running"
+    SUSPENDED = "suspended"  # suspended or stopped by the scheduler
+    COMPLETING = "completing"  # job ended, epilogue still running
+    FETCHING = "fetching"  # exit 0, outputs being downloaded
+    PREEMPTED = "preempted"  # interrupted by preemption, waiting to come back
+    NODE_FAILED = "node_failed"  # interrupted by node/boot/launch failure, waiting to come back
+    RETRYING = "retrying"  # another outcome the retry policy retries, waiting for backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    OUT_OF_MEMORY = "out_of_memory"
+    LOST = "lost"  # the scheduler has no record of the job after the grace period
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def has_job(self) -> bool:
+        """A scheduler job exists (or may exist) for the current attempt."""
+        return self in IN_FLIGHT
+
+
+S = TaskState
+
+TERMINAL: frozenset[TaskState] = frozenset(
+    {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.LOST}
+)
+# States in which the current attempt has (or may have) a job at the scheduler.
+IN_FLIGHT: frozenset[TaskState] = frozenset(
+    {S.SUBMITTING, S.QUEUED, S.RUNNING, S.SUSPENDED, S.COMPLETING}
+)
+# Waiting for a new attempt (after backoff).
+WAITING: frozenset[TaskState] = frozenset({S.PREEMPTED, S.NODE_FAILED, S.RETRYING})
+# Everything the sync cycle must look at.
+ACTIVE: frozenset[TaskState] = frozenset(set(TaskState) - TERMINAL)
+
+# What a finished job can end as, as reported by a backend.
+OUTCOMES: frozenset[TaskState] = frozenset(
+    {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.PREEMPTED, S.NODE_FAILED}
+)
+JOB_STATES: frozenset[TaskState] = frozenset({S.QUEUED, S.RUNNING, S.SUSPENDED, S.COMPLETING})
+
+_ends = frozenset({S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.LOST})
+_interrupt = frozenset({S.PREEMPTED, S.NODE_FAILED, S.RETRYING})
+
+TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    S.CREATED: frozenset({S.STAGING, S.SUBMITTING, S.CANCELLED, S.FAILED}),
+    S.STAGING: frozenset({S.SUBMITTING, S.CANCELLED, S.FAILED, S.CREATED}),
+    # SUBMITTING -> SUBMITTING is not a move; an unknown sbatch outcome stays put.
+    S.SUBMITTING: JOB_STATES | {S.FETCHING} | _ends | _interrupt,
+    S.QUEUED: (JOB_STATES - {S.QUEUED}) | {S.FETCHING} | _ends | _interrupt,
+    S.RUNNING: (JOB_STATES - {S.RUNNING}) | {S.FETCHING} | _ends | _interrupt,
+    S.SUSPENDED: (JOB_STATES - {S.SUSPENDED}) | {S.FETCHING} | _ends | _interrupt,
+    S.COMPLETING: (JOB_STATES - {S.COMPLETING}) | {S.FETCHING} | _ends | _interrupt,
+    S.FETCHING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    # A waiting task either comes back inside the same job (Slurm requeued it: same job id,
+    # restart count up) or through a new attempt (SUBMITTING), or gives up.
+    S.PREEMPTED: frozenset({S.QUEUED, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
+    S.NODE_FAILED: frozenset({S.QUEUED, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
+    S.RETRYING: frozenset({S.SUBMITTING, S.CANCELLED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.TIMED_OUT: frozenset(),
+    S.OUT_OF_MEMORY: frozenset(),
+    S.LOST: frozenset(),
+}
+
+
+def check_transition(current: TaskState, new: TaskState) -> None:
+    """Raise IllegalTransition unless the table allows ``current -> new``."""
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(
+            f"illegal task state change {current.value} -> {new.value}",
+            hint="this is a bug or a race; the task was left unchanged",
+        )
+
+
+# Outcomes that a retry policy may name, with the user-facing spelling.
+RETRYABLE_NAMES: Mapping[str, TaskState] = {
+    "preempted": S.PREEMPTED,
+    "node_failed": S.NODE_FAILED,
+    "failed": S.FAILED,
+    "timed_out": S.TIMED_OUT,
+    "out_of_memory": S.OUT_OF_MEMORY,
+    "lost": S.LOST,
+}
+
+
+def parse_retry_on(names: Iterable[str]) -> frozenset[TaskState]:
+    out = set()
+    for name in names:
+        if name not in RETRYABLE_NAMES:
+            raise ConfigError(
+                f"unknown retry outcome {name!r}",
+                hint=f"allowed: {', '.join(sorted(RETRYABLE_NAMES))}",
+            )
+        out.add(RETRYABLE_NAMES[name])
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a task whose attempt ended badly gets a new attempt.
+
+    ``max_attempts`` counts hpcbridge attempts (sbatch calls); Slurm's own requeues of the same
+    job id do not use up attempts but are bounded by ``max_slurm_restarts``.
+    """
+
+    max_attempts: int = 3
+    retry_on: frozenset[TaskState] = field(
+        default_factory=lambda: frozenset({S.PREEMPTED, S.NODE_FAILED})
+    )
+    backoff_seconds: float = 5.0
+    backoff_factor: float = 2.0
+    backoff_max_seconds: float = 600.0
+    exclude_failed_nodes: bool = True
+    slurm_requeue: bool = True  # let Slurm requeue the job itself (--requeue / --no-requeue)
+    max_slurm_restarts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_seconds < 0 or self.backoff_max_seconds < 0 or self.backoff_factor < 1:
+            raise ConfigError("backoff must be >= 0 with a factor >= 1")
+        bad = self.retry_on - set(RETRYABLE_NAMES.values())
+        if bad:
+            raise ConfigError(f"cannot retry on {sorted(s.value for s in bad)}")
+
+    def backoff(self, attempts_done: int) -> float:
+        """Seconds to wait before attempt ``attempts_done + 1``."""
+        delay = self.backoff_seconds * self.backoff_factor ** max(0, attempts_done - 1)
+        return float(min(delay, self.backoff_max_seconds))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "max_attempts": self.max_attempts,
+            "retry_on": sorted(s.value for s in self.retry_on),
+            "backoff_seconds": self.backoff_seconds,
+            "backoff_factor": self.backoff_factor,
+            "backoff_max_seconds": self.backoff_max_seconds,
+            "exclude_failed_nodes": self.exclude_failed_nodes,
+            "slurm_requeue": self.slurm_requeue,
+            "max_slurm_restarts": self.max_slurm_restarts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> RetryPolicy:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown retry policy key(s) {sorted(unknown)}", hint=f"allowed: {sorted(known)}"
+            )
+        kwargs: dict[str, object] = dict(data)
+        if "retry_on" in kwargs:
+            raw = kwargs["retry_on"]
+            if isinstance(raw, str) or not isinstance(raw, Iterable):
+                raise ConfigError("retry_on must be a list of outcome names")
+            kwargs["retry_on"] = parse_retry_on(str(x) for x in raw)
+        try:
+            return cls(**kwargs)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"invalid retry policy: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with a task after an observation: the states to pass through, in order
+    (each a legal step from the previous), and whether a new attempt is due later."""
+
+    path: tuple[TaskState, ...]
+    resubmit_after: float | None = None  # seconds; None = no new attempt
+    reason: str = ""
+
+    @property
+    def final(self) -> TaskState | None:
+        return self.path[-1] if self.path else None
+
+
+def plan_transition(
+    current: TaskState,
+    observed: TaskState | None,
+    *,
+    policy: RetryPolicy,
+    attempts_done: int,
+    slurm_will_requeue: bool = False,
+) -> Plan:
+    """Decide the next state(s) of a task from what the backend observed for its job.
+
+    ``observed`` is the lifecycle state the backend mapped the scheduler's report to, or None
+    when the report was not understood (unknown code): then nothing changes, never a guess.
+    ``slurm_will_requeue`` is True when the scheduler itself keeps the job alive (Slurm
+    requeued it under the same job id), in which case the interruption is recorded but no new
+    attempt is made.
+    """
+    if observed is None or observed == current or current.terminal:
+        return Plan(())
+    path: list[TaskState] = []
+
+    if observed == S.SUCCEEDED:
+        # Exit 0 is not success until the outputs are home.
+        observed = S.FETCHING
+
+    if observed in JOB_STATES or observed == S.FETCHING:
+        if current in WAITING and observed not in (S.QUEUED, S.RUNNING):
+            # e.g. preempted -> completing: go through queued for a legal, honest path.
+            path.append(S.QUEUED)
+        path.append(observed)
+        return Plan(_legal(current, path))
+
+    # A bad outcome for the current attempt.
+    if slurm_will_requeue and observed in (S.PREEMPTED, S.NODE_FAILED):
+        # Slurm requeued it (same job id); record the interruption and wait in the queue.
+        return Plan(_legal(current, [observed, S.QUEUED]), reason="requeued by Slurm")
+    retry = observed in policy.retry_on and attempts_done < policy.max_attempts
+    if retry:
+        waiting = observed if observed in (S.PREEMPTED, S.NODE_FAILED) else S.RETRYING
+        return Plan(
+            _legal(current, [waiting]),
+            resubmit_after=policy.backoff(attempts_done),
+            reason=f"{observed.value}; attempt {attempts_done + 1} of {policy.max_attempts} due",
+        )
+    if observed in (S.PREEMPTED, S.NODE_FAILED):
+        # Interrupted and not retried (budget spent or policy): the task has failed.
+        why = (
+            f"{observed.value}; retries exhausted ({attempts_done} of {policy.max_attempts})"
+            if observed in policy.retry_on
+            else f"{observed.value}; not retried by policy"
+        )
+        return Plan(_legal(current, [observed, S.FAILED]), reason=why)
+    return Plan(_legal(current, [observed]))
+
+
+def _legal(current: TaskState, path: list[TaskState]) -> tuple[TaskState, ...]:
+    prev = current
+    out: list[TaskState] = []
+    for state in path:
+        if state == prev:
+            continue
+        check_transition(prev, state)
+        out.append(state)
+        prev = state
+    return tuple(out)

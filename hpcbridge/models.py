@@ -1,0 +1,259 @@
+"""Plain, frozen data passed between layers. No I/O here."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+from .lifecycle import RetryPolicy, TaskState
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_task_id(now: float | None = None) -> str:
+    """A 13-character id, sortable by creation time: 9 base32 digits of milliseconds since the
+    epoch (good until year 2527) and 4 random ones (20 bits) against collisions in one ms."""
+    ms = int((time.time() if now is None else now) * 1000)
+    digits = []
+    for _ in range(9):
+        digits.append(_CROCKFORD[ms & 31])
+        ms >>= 5
+    rand = secrets.randbits(20)
+    for _ in range(4):
+        digits.insert(9, _CROCKFORD[rand & 31])
+        rand >>= 5
+    return "".join(reversed(digits[:9])) + "".join(digits[9:])
+
+
+def new_token() -> str:
+    """Write-ahead submission token; rides in the Slurm job's comment to find it again."""
+    return secrets.token_hex(8)
+
+
+def _clean_str_map(data: Mapping[Any, Any] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (data or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UsageError(f"{what} must map str to str, got {key!r}: {value!r}")
+        if "\x00" in key or "\x00" in value:
+            raise UsageError(f"{what} may not contain NUL bytes ({key!r})")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the job asks the scheduler for. None means the cluster default."""
+
+    time: str | None = None  # Slurm time syntax, e.g. "10", "01:00:00", "1-00:00:00"
+    cpus: int | None = None
+    mem: str | None = None  # e.g. "500M", "2G"
+    gres: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch_options: tuple[str, ...] = ()  # extra "--opt=value" items, passed as given
+    signal: str | None = None  # e.g. "B:USR1@60": signal before the time limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "cpus": self.cpus,
+            "mem": self.mem,
+            "gres": self.gres,
+            "partition": self.partition,
+            "account": self.account,
+            "qos": self.qos,
+            "sbatch_options": list(self.sbatch_options),
+            "signal": self.signal,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Resources:
+        d = dict(data)
+        d["sbatch_options"] = tuple(d.get("sbatch_options") or ())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything needed to run a task, fixed at submission."""
+
+    command: tuple[str, ...] = ()  # argv; run without a shell
+    script: str | None = None  # or a shell script body (the user asked for a shell)
+    name: str = ""
+    cluster: str = "local"
+    inputs: tuple[str, ...] = ()  # absolute local paths, copied into the work dir
+    outputs: tuple[str, ...] = ()  # glob patterns relative to the work dir
+    env: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == bool(self.script):
+            raise UsageError("a task needs exactly one of a command (argv list) or a script")
+        for arg in self.command:
+            if not isinstance(arg, str):
+                raise UsageError(f"command arguments must be strings, got {arg!r}")
+            if "\x00" in arg:
+                raise UsageError("command arguments may not contain NUL bytes")
+        if "\x00" in self.name or "\n" in self.name:
+            raise UsageError("task names may not contain NUL or newline characters")
+        for pattern in self.outputs:
+            if os.path.isabs(pattern) or ".." in pattern.replace("\\", "/").split("/"):
+                raise UsageError(
+                    f"output pattern {pattern!r} must be relative to the work dir, without '..'"
+                )
+        object.__setattr__(self, "env", _clean_str_map(self.env, "env"))
+        for key in self.env:
+            if not key or not (key[0].isalpha() or key[0] == "_") or not all(
+                c.isalnum() or c == "_" for c in key
+            ):
+                raise UsageError(f"invalid environment variable name {key!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": list(self.command),
+            "script": self.script,
+            "name": self.name,
+            "cluster": self.cluster,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "env": dict(self.env),
+            "resources": self.resources.to_dict(),
+            "retry": self.retry.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
+        return cls(
+            command=tuple(data.get("command") or ()),
+            script=data.get("script"),
+            name=data.get("name", ""),
+            cluster=data.get("cluster", "local"),
+            inputs=tuple(data.get("inputs") or ()),
+            outputs=tuple(data.get("outputs") or ()),
+            env=dict(data.get("env") or {}),
+            resources=Resources.from_dict(data.get("resources") or {}),
+            retry=RetryPolicy.from_dict(data.get("retry") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One scheduler job for a task. A Slurm requeue (same job id) stays in one attempt."""
+
+    task_id: str
+    number: int  # 1-based
+    token: str
+    state: TaskState
+    job_id: str | None = None
+    created_at: float | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    nodes: str | None = None
+    partition: str | None = None
+    reason: str | None = None  # pending reason while queued, end reason when over
+    restarts: int = 0
+    backend_ref: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task record as stored in the registry (a snapshot; re-read for fresh state)."""
+
+    id: str
+    spec: TaskSpec
+    state: TaskState
+    metadata: Mapping[str, str]
+    created_at: float
+    updated_at: float
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    fetched_at: float | None = None
+    attempt_count: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    next_attempt_at: float | None = None
+    work_dir: str | None = None  # where the job runs (remote for a remote cluster)
+    output_dir: str | None = None  # local directory outputs were fetched to
+    excluded_nodes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cluster(self) -> str:
+        return self.spec.cluster
+
+    @property
+    def queue_seconds(self) -> float | None:
+        if self.submitted_at is None or self.started_at is None:
+            return None
+        return max(0.0, self.started_at - self.submitted_at)
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else None
+        return None if end is None else max(0.0, end - self.started_at)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    task_id: str
+    at: float
+    kind: str  # "state", "submit", "metadata", "info", "warning", "error"
+    source: str  # "api", "cli", "sync", "daemon", "backend"
+    from_state: str | None
+    to_state: str | None
+    attempt: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What a backend learnt about one attempt's job from the scheduler (or markers)."""
+
+    job_id: str
+    raw_state: str  # exactly as the scheduler printed it, e.g. "CANCELLED by 1000"
+    state: TaskState | None  # mapped lifecycle state; None = unknown code, change nothing
+    source: str  # "squeue", "sacct", "scontrol", "marker", "process"
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    nodes: str | None = None
+    partition: str | None = None
+    restarts: int = 0
+    submit_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    name: str | None = None
+    comment: str | None = None
+    # Causes of earlier instances of this job id (sacct -D rows), oldest first, e.g.
+    # ("NODE_FAIL", "PREEMPTED"): how Slurm-side requeues are explained.
+    requeue_causes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
