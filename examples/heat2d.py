@@ -31,9 +31,10 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
-Grid = List[List[float]]
+Grid = list[list[float]]
 
 CHECKPOINT_FORMAT = "heat2d-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -49,7 +50,7 @@ EXIT_INJECTED_FAILURE = 3
 
 #: Defaults for every option.  A default run (64x64, 4000 steps) takes roughly
 #: 2-3 s of CPU with CPython 3.11 on a typical x86 core.
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "nx": 64,
     "ny": 64,
     "steps": 4000,
@@ -99,32 +100,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ny", type=int, help="grid points in y (default 64)")
     p.add_argument("--steps", type=int, help="time steps (default 4000)")
     p.add_argument("--alpha", type=float, help="diffusivity (default 0.1)")
-    p.add_argument("--init", choices=INIT_CHOICES,
-                   help="'edge': hot top edge, cold other edges; 'spot': "
-                        "cold edges, hot disc in the middle (default edge)")
+    p.add_argument(
+        "--init",
+        choices=INIT_CHOICES,
+        help="'edge': hot top edge, cold other edges; 'spot': "
+        "cold edges, hot disc in the middle (default edge)",
+    )
     p.add_argument("--t-hot", type=float, help="hot temperature (default 100)")
     p.add_argument("--t-cold", type=float, help="cold temperature (default 0)")
-    p.add_argument("--params", metavar="FILE.json",
-                   help="JSON object setting any of the options above "
-                        "(keys like 'nx' or 't_hot'); command-line flags win")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="checkpoint every N steps, 0 = only on signal/end "
-                        "(default 200)")
-    p.add_argument("--checkpoint-dir", metavar="DIR",
-                   help="checkpoint directory (default ./checkpoints)")
-    p.add_argument("--out-dir", metavar="DIR",
-                   help="where result.json and field.csv go (default .)")
-    p.add_argument("--sleep-per-step", type=float, metavar="SECONDS",
-                   help="sleep after each step to stretch the run (default 0)")
-    p.add_argument("--fail-at-step", type=int, metavar="N",
-                   help="exit with code 3 when step N is reached")
+    p.add_argument(
+        "--params",
+        metavar="FILE.json",
+        help="JSON object setting any of the options above "
+        "(keys like 'nx' or 't_hot'); command-line flags win",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="checkpoint every N steps, 0 = only on signal/end (default 200)",
+    )
+    p.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="checkpoint directory (default ./checkpoints)"
+    )
+    p.add_argument(
+        "--out-dir", metavar="DIR", help="where result.json and field.csv go (default .)"
+    )
+    p.add_argument(
+        "--sleep-per-step",
+        type=float,
+        metavar="SECONDS",
+        help="sleep after each step to stretch the run (default 0)",
+    )
+    p.add_argument(
+        "--fail-at-step", type=int, metavar="N", help="exit with code 3 when step N is reached"
+    )
     return p
 
 
-def load_params_file(path: str) -> Dict[str, Any]:
+def load_params_file(path: str) -> dict[str, Any]:
     """Read a JSON params file and return its (normalised) settings."""
     try:
-        with open(path, "r", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except OSError as exc:
         raise UsageError(f"cannot read params file {path!r}: {exc}") from exc
@@ -132,7 +149,7 @@ def load_params_file(path: str) -> Dict[str, Any]:
         raise UsageError(f"params file {path!r} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise UsageError(f"params file {path!r} must contain a JSON object")
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).replace("-", "_")
         if key not in DEFAULTS:
@@ -141,10 +158,10 @@ def load_params_file(path: str) -> Dict[str, Any]:
     return out
 
 
-def resolve_params(argv: Optional[Sequence[str]]) -> Dict[str, Any]:
+def resolve_params(argv: Sequence[str] | None) -> dict[str, Any]:
     """Merge defaults, params file and command line; validate the result."""
     args = build_parser().parse_args(argv)
-    params: Dict[str, Any] = dict(DEFAULTS)
+    params: dict[str, Any] = dict(DEFAULTS)
     if args.params:
         params.update(load_params_file(args.params))
     for key in DEFAULTS:
@@ -213,7 +230,7 @@ def stable_dt(alpha: float, dx: float, dy: float) -> float:
     return SAFETY / (2.0 * alpha * (1.0 / (dx * dx) + 1.0 / (dy * dy)))
 
 
-def initial_grid(params: Dict[str, Any]) -> Grid:
+def initial_grid(params: dict[str, Any]) -> Grid:
     """Initial temperature field; row 0 is the top edge (y = 1).
 
     * ``edge``: everything at t_cold except the top row (boundary) at t_hot.
@@ -251,7 +268,8 @@ def step_grid(u: Grid, rx: float, ry: float) -> Grid:
         up, row, down = u[i - 1], u[i], u[i + 1]
         inner = [
             k0 * c + rx * (left + right) + ry * (a + b)
-            for a, b, left, right, c in zip(
+            # zip(strict=...) needs Python 3.10; all slices have length nx-2.
+            for a, b, left, right, c in zip(  # noqa: B905
                 up[1:-1], down[1:-1], row[:-2], row[2:], row[1:-1]
             )
         ]
@@ -260,7 +278,7 @@ def step_grid(u: Grid, rx: float, ry: float) -> Grid:
     return new
 
 
-def field_stats(u: Grid, dx: float, dy: float) -> Tuple[float, float, float]:
+def field_stats(u: Grid, dx: float, dy: float) -> tuple[float, float, float]:
     """Return (max, mean, total heat) where total heat = sum(T) * dx * dy."""
     total = 0.0
     tmax = -math.inf
@@ -303,14 +321,14 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def physics_params(params: Dict[str, Any]) -> Dict[str, Any]:
+def physics_params(params: dict[str, Any]) -> dict[str, Any]:
     """The subset of parameters a checkpoint must match to be resumable."""
     return {k: params[k] for k in PHYSICS_KEYS}
 
 
-def write_checkpoint(ckpt_dir: str, step: int, grid: Grid,
-                     params: Dict[str, Any], resumes: int,
-                     wall_time: float) -> None:
+def write_checkpoint(
+    ckpt_dir: str, step: int, grid: Grid, params: dict[str, Any], resumes: int, wall_time: float
+) -> None:
     """Atomically write a checkpoint, keeping the previous one as a fallback."""
     payload = {
         "step": step,
@@ -334,13 +352,13 @@ def write_checkpoint(ckpt_dir: str, step: int, grid: Grid,
     atomic_write(current, text)
 
 
-def _validate_checkpoint(path: str, params: Dict[str, Any]) -> Dict[str, Any]:
+def _validate_checkpoint(path: str, params: dict[str, Any]) -> dict[str, Any]:
     """Load and validate one checkpoint file; raise ValueError if unusable.
 
     Raises ``_ParamsMismatch`` (a ValueError) when the file is intact but was
     written for different physics parameters.
     """
-    with open(path, "r", encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") as fh:
         doc = json.load(fh)  # ValueError on corrupt/truncated JSON
     if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
         raise ValueError("not a heat2d checkpoint")
@@ -358,18 +376,18 @@ def _validate_checkpoint(path: str, params: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError("bad step")
     want = physics_params(params)
     if payload.get("params") != want:
-        raise _ParamsMismatch(
-            f"parameters differ (checkpoint {payload.get('params')}, run {want})")
+        raise _ParamsMismatch(f"parameters differ (checkpoint {payload.get('params')}, run {want})")
     if step > params["steps"]:
-        raise _ParamsMismatch(
-            f"checkpoint step {step} is beyond requested steps {params['steps']}")
-    if (not isinstance(grid, list) or len(grid) != params["ny"]
-            or any(not isinstance(r, list) or len(r) != params["nx"] for r in grid)):
+        raise _ParamsMismatch(f"checkpoint step {step} is beyond requested steps {params['steps']}")
+    if (
+        not isinstance(grid, list)
+        or len(grid) != params["ny"]
+        or any(not isinstance(r, list) or len(r) != params["nx"] for r in grid)
+    ):
         raise ValueError("grid has wrong shape")
     for row in grid:
         for v in row:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) \
-                    or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError("grid contains a non-numeric value")
     payload["grid"] = [[float(v) for v in row] for row in grid]
     return payload
@@ -379,8 +397,7 @@ class _ParamsMismatch(ValueError):
     """Checkpoint is intact but belongs to a different parameter set."""
 
 
-def load_latest_checkpoint(ckpt_dir: str,
-                           params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def load_latest_checkpoint(ckpt_dir: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Return the newest valid checkpoint payload, or None to start fresh.
 
     Tries the current checkpoint, then the previous one.  Corrupt files and
@@ -400,20 +417,21 @@ def load_latest_checkpoint(ckpt_dir: str,
     return None
 
 
-def write_results(out_dir: str, grid: Grid, result: Dict[str, Any]) -> None:
+def write_results(out_dir: str, grid: Grid, result: dict[str, Any]) -> None:
     """Write field.csv (one grid row per line, exact float repr) and result.json."""
     csv_text = "".join(",".join(repr(v) for v in row) + "\n" for row in grid)
     result["field_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
     atomic_write(os.path.join(out_dir, "field.csv"), csv_text)
-    atomic_write(os.path.join(out_dir, "result.json"),
-                 json.dumps(result, indent=2, sort_keys=True) + "\n")
+    atomic_write(
+        os.path.join(out_dir, "result.json"), json.dumps(result, indent=2, sort_keys=True) + "\n"
+    )
 
 
 # --------------------------------------------------------------------------
 # Signals
 # --------------------------------------------------------------------------
 
-_pending_signal: Optional[int] = None
+_pending_signal: int | None = None
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -450,7 +468,7 @@ def interruptible_sleep(seconds: float) -> None:
 # --------------------------------------------------------------------------
 
 
-def run(params: Dict[str, Any]) -> int:
+def run(params: dict[str, Any]) -> int:
     """Run (or resume) the simulation; return the process exit code."""
     t_start = time.monotonic()
     nx, ny, steps = params["nx"], params["ny"], params["steps"]
@@ -459,9 +477,12 @@ def run(params: Dict[str, Any]) -> int:
     ckpt_dir = params["checkpoint_dir"]
     every = params["checkpoint_every"]
 
-    print(f"heat2d: nx={nx} ny={ny} steps={steps} alpha={alpha} "
-          f"init={params['init']} dt={dt:.6g} (limit {dt / SAFETY:.6g}) "
-          f"rx={rx:.4g} ry={ry:.4g}", flush=True)
+    print(
+        f"heat2d: nx={nx} ny={ny} steps={steps} alpha={alpha} "
+        f"init={params['init']} dt={dt:.6g} (limit {dt / SAFETY:.6g}) "
+        f"rx={rx:.4g} ry={ry:.4g}",
+        flush=True,
+    )
 
     ckpt = load_latest_checkpoint(ckpt_dir, params)
     if ckpt is not None:
@@ -477,8 +498,7 @@ def run(params: Dict[str, Any]) -> int:
         return time.monotonic() - t_start
 
     def checkpoint() -> None:
-        write_checkpoint(ckpt_dir, step, grid, params, resumes,
-                         prior_wall + elapsed())
+        write_checkpoint(ckpt_dir, step, grid, params, resumes, prior_wall + elapsed())
 
     sleep = params["sleep_per_step"]
     fail_at = params["fail_at_step"]
@@ -488,14 +508,19 @@ def run(params: Dict[str, Any]) -> int:
         grid = step_grid(grid, rx, ry)
         step += 1
         if fail_at is not None and step == fail_at:
-            print(f"error: injected failure at step {step} (--fail-at-step)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: injected failure at step {step} (--fail-at-step)",
+                file=sys.stderr,
+                flush=True,
+            )
             return EXIT_INJECTED_FAILURE
         if every and step % every == 0:
             checkpoint()
             tmax, tmean, _ = field_stats(grid, dx, dy)
-            print(f"step {step}/{steps} max_T={tmax:.6g} mean_T={tmean:.6g} "
-                  f"elapsed={elapsed():.2f}s", flush=True)
+            print(
+                f"step {step}/{steps} max_T={tmax:.6g} mean_T={tmean:.6g} elapsed={elapsed():.2f}s",
+                flush=True,
+            )
         if sleep:
             interruptible_sleep(sleep)
 
@@ -530,13 +555,15 @@ def run(params: Dict[str, Any]) -> int:
         "total_wall_time_s": prior_wall + wall,
     }
     write_results(params["out_dir"], grid, result)
-    print(f"done: step {step} max_T={tmax:.6g} mean_T={tmean:.6g} "
-          f"total_heat={heat:.6g} resumes={resumes} wall={wall:.2f}s",
-          flush=True)
+    print(
+        f"done: step {step} max_T={tmax:.6g} mean_T={tmean:.6g} "
+        f"total_heat={heat:.6g} resumes={resumes} wall={wall:.2f}s",
+        flush=True,
+    )
     return EXIT_OK
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse parameters, install signal handlers, run."""
     install_signal_handlers()
     try:

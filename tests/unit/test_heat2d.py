@@ -7,35 +7,37 @@ exactly as a batch job would run it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "heat2d.py"
 
-pytestmark = pytest.mark.skipif(
-    sys.platform == "win32", reason="POSIX signals required")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals required")
 
 
 def run(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run heat2d.py in ``cwd`` and capture its output."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def read_result(out_dir: Path) -> Dict[str, Any]:
+def read_result(out_dir: Path) -> dict[str, Any]:
     return json.loads((out_dir / "result.json").read_text())
 
 
-def read_field(out_dir: Path) -> List[List[float]]:
+def read_field(out_dir: Path) -> list[list[float]]:
     lines = (out_dir / "field.csv").read_text().splitlines()
     return [[float(v) for v in line.split(",")] for line in lines]
 
@@ -44,9 +46,12 @@ def start_and_signal(cwd: Path, sig: int, args: Sequence[str]) -> subprocess.Com
     """Start a slowed-down run, wait for its first progress line, send ``sig``."""
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    lines: List[str] = []
+    lines: list[str] = []
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
@@ -63,8 +68,7 @@ def start_and_signal(cwd: Path, sig: int, args: Sequence[str]) -> subprocess.Com
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode,
-                                       "".join(lines) + out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
 
 
 SMALL = ["--nx", "20", "--ny", "16", "--steps", "300", "--checkpoint-every", "50"]
@@ -81,12 +85,38 @@ def test_hot_edge_converges_to_laplace_solution(tmp_path: Path) -> None:
     edge problems, exact also for the symmetric discrete Laplacian)."""
     short = tmp_path / "short"
     long_ = tmp_path / "long"
-    common = ["--nx", "17", "--ny", "17", "--t-hot", "100", "--t-cold", "0",
-              "--checkpoint-every", "0"]
-    r1 = run(tmp_path, *common, "--steps", "40", "--out-dir", str(short),
-             "--checkpoint-dir", str(tmp_path / "c1"))
-    r2 = run(tmp_path, *common, "--steps", "1500", "--out-dir", str(long_),
-             "--checkpoint-dir", str(tmp_path / "c2"))
+    common = [
+        "--nx",
+        "17",
+        "--ny",
+        "17",
+        "--t-hot",
+        "100",
+        "--t-cold",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ]
+    r1 = run(
+        tmp_path,
+        *common,
+        "--steps",
+        "40",
+        "--out-dir",
+        str(short),
+        "--checkpoint-dir",
+        str(tmp_path / "c1"),
+    )
+    r2 = run(
+        tmp_path,
+        *common,
+        "--steps",
+        "1500",
+        "--out-dir",
+        str(long_),
+        "--checkpoint-dir",
+        str(tmp_path / "c2"),
+    )
     assert r1.returncode == 0, r1.stderr
     assert r2.returncode == 0, r2.stderr
 
@@ -100,12 +130,12 @@ def test_hot_edge_converges_to_laplace_solution(tmp_path: Path) -> None:
         assert len(field) == 17 and all(len(r) == 17 for r in field)
         # Discrete maximum principle: bounded by boundary values.
         assert all(0.0 <= v <= 100.0 for row in field for v in row)
-        assert field[0] == [100.0] * 17           # hot edge fixed
-        assert all(v == 0.0 for v in field[-1])   # cold edges fixed
+        assert field[0] == [100.0] * 17  # hot edge fixed
+        assert all(v == 0.0 for v in field[-1])  # cold edges fixed
         assert all(row[0] == 0.0 and row[-1] == 0.0 for row in field[1:])
         # Temperature decreases monotonically away from the hot edge.
         centre_col = [row[8] for row in field]
-        assert all(a > b for a, b in zip(centre_col[:-2], centre_col[1:-1]))
+        assert all(a > b for a, b in zip(centre_col[:-2], centre_col[1:-1], strict=True))
         # Left/right mirror symmetry.
         for row in field:
             assert row == pytest.approx(row[::-1], abs=1e-9)
@@ -120,9 +150,23 @@ def test_hot_spot_diffuses_and_decays(tmp_path: Path) -> None:
     results = []
     for steps in (0, 50, 400):
         out = tmp_path / f"s{steps}"
-        r = run(tmp_path, "--init", "spot", "--nx", "21", "--ny", "21",
-                "--steps", str(steps), "--t-hot", "10", "--out-dir", str(out),
-                "--checkpoint-dir", str(tmp_path / f"c{steps}"))
+        r = run(
+            tmp_path,
+            "--init",
+            "spot",
+            "--nx",
+            "21",
+            "--ny",
+            "21",
+            "--steps",
+            str(steps),
+            "--t-hot",
+            "10",
+            "--out-dir",
+            str(out),
+            "--checkpoint-dir",
+            str(tmp_path / f"c{steps}"),
+        )
         assert r.returncode == 0, r.stderr
         field = read_field(out)
         assert all(0.0 <= v <= 10.0 for row in field for v in row)
@@ -156,10 +200,9 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert read_result(ref)["resumes"] == 0
 
-    killed = start_and_signal(run_dir, signal.SIGTERM,
-                              [*SMALL, "--sleep-per-step", "0.01"])
+    killed = start_and_signal(run_dir, signal.SIGTERM, [*SMALL, "--sleep-per-step", "0.01"])
     assert killed.returncode == 143, (killed.stdout, killed.stderr)
-    line = [l for l in killed.stdout.splitlines() if l.startswith("checkpointed at step")]
+    line = [ln for ln in killed.stdout.splitlines() if ln.startswith("checkpointed at step")]
     assert line and line[0].endswith("on signal SIGTERM"), killed.stdout
     stopped_at = int(line[0].split()[3])
     assert 50 <= stopped_at < 300
@@ -172,18 +215,18 @@ def test_sigterm_checkpoint_resume_is_bit_identical(tmp_path: Path) -> None:
     assert (run_dir / "field.csv").read_bytes() == (ref / "field.csv").read_bytes()
     a, b = read_result(ref), read_result(run_dir)
     assert b["resumes"] == 1
-    for key in ("final_step", "max_temperature", "mean_temperature",
-                "total_heat", "field_sha256"):
+    for key in ("final_step", "max_temperature", "mean_temperature", "total_heat", "field_sha256"):
         assert a[key] == b[key], key
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGUSR1, 138), (signal.SIGINT, 130),
-                                      (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "sig,code", [(signal.SIGUSR1, 138), (signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
 def test_signal_writes_checkpoint_at_current_step(tmp_path: Path, sig: int, code: int) -> None:
     done = start_and_signal(tmp_path, sig, [*SMALL, "--sleep-per-step", "0.01"])
     assert done.returncode == code, (done.stdout, done.stderr)
     name = signal.Signals(sig).name
-    msg = [l for l in done.stdout.splitlines() if l.startswith("checkpointed at step")]
+    msg = [ln for ln in done.stdout.splitlines() if ln.startswith("checkpointed at step")]
     assert msg and msg[0].endswith(f"on signal {name}")
     step = int(msg[0].split()[3])
     ckpt = json.loads((tmp_path / "checkpoints" / "heat2d.ckpt.json").read_text())
@@ -263,20 +306,33 @@ def test_fail_at_step_exits_3_then_resumes(tmp_path: Path) -> None:
 
 
 def test_params_file_is_read_and_cli_wins(tmp_path: Path) -> None:
-    params = {"nx": 12, "ny": 10, "steps": 30, "alpha": 0.3, "init": "spot",
-              "t-hot": 5.0, "out_dir": "outputs"}
+    params = {
+        "nx": 12,
+        "ny": 10,
+        "steps": 30,
+        "alpha": 0.3,
+        "init": "spot",
+        "t-hot": 5.0,
+        "out_dir": "outputs",
+    }
     (tmp_path / "params.json").write_text(json.dumps(params))
     r = run(tmp_path, "--params", "params.json", "--steps", "7")
     assert r.returncode == 0, r.stderr
     res = read_result(tmp_path / "outputs")
-    assert (res["nx"], res["ny"], res["alpha"], res["init"], res["t_hot"]) == \
-        (12, 10, 0.3, "spot", 5.0)
+    assert (res["nx"], res["ny"], res["alpha"], res["init"], res["t_hot"]) == (
+        12,
+        10,
+        0.3,
+        "spot",
+        5.0,
+    )
     assert res["steps"] == 7 and res["final_step"] == 7  # CLI flag won
     assert len(read_field(tmp_path / "outputs")) == 10
 
 
-@pytest.mark.parametrize("content", ['{"nx": 10, "bogus": 1}', "[1, 2]", "{nope",
-                                     '{"nx": "big"}', '{"nx": 2}'])
+@pytest.mark.parametrize(
+    "content", ['{"nx": 10, "bogus": 1}', "[1, 2]", "{nope", '{"nx": "big"}', '{"nx": 2}']
+)
 def test_bad_params_file_exits_2(tmp_path: Path, content: str) -> None:
     (tmp_path / "p.json").write_text(content)
     r = run(tmp_path, "--params", "p.json")
