@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError, IllegalTransition
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     CREATED = "created"  # registered, nothing sent yet
     STAGING = "staging"  # inputs being uploaded
     SUBMITTING = "submitting"  # intent recorded, sbatch outcome not yet known

@@ -157,6 +157,7 @@ class Attempt:
     submitted_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    last_seen_at: float | None = None  # last time the scheduler (or markers) showed the job
     exit_code: int | None = None
     signal: int | None = None
     nodes: str | None = None
@@ -187,6 +188,7 @@ class Task:
     work_dir: str | None = None  # where the job runs (remote for a remote cluster)
     output_dir: str | None = None  # local directory outputs were fetched to
     excluded_nodes: tuple[str, ...] = ()
+    cancel_requested: bool = False
 
     @property
     def name(self) -> str:

@@ -59,9 +59,11 @@ class Backend(Protocol):
     # Whether the scheduler itself requeues interrupted jobs (same job id) - Slurm does.
     scheduler_requeues: bool
 
-    def prepare(self, task: Task) -> str:
-        """Create the task's work dir and upload its inputs; return the work dir path.
-        Idempotent: a second call for the same task reuses the same dir."""
+    def prepare(self, tasks: Sequence[Task]) -> dict[str, str | HpcBridgeError]:
+        """Create each task's work dir and upload its inputs, batched; return, per task id,
+        the work dir path or the error that task met. Idempotent: a second call for the same
+        task reuses the same dir (a resubmitted attempt resumes from its checkpoints there).
+        Raises TransportError when the cluster cannot be reached at all."""
         ...
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:

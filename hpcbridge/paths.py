@@ -1,0 +1,66 @@
+"""Pure path rules shared by the backends: where a task's files live inside its work dir and
+which files the declared output globs select."""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Iterable, Sequence
+
+from .errors import UsageError
+
+META_DIR = ".hpcbridge"  # inside the work dir: markers, logs, the batch script
+
+
+def log_name(attempt: int, stream: str) -> str:
+    if stream not in ("stdout", "stderr"):
+        raise UsageError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
+    return f"{META_DIR}/attempt-{attempt}.{'out' if stream == 'stdout' else 'err'}"
+
+
+def marker_dir(attempt: int) -> str:
+    return f"{META_DIR}/{attempt}"
+
+
+def _glob_to_parts(pattern: str) -> list[str]:
+    return [p for p in pattern.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _match_parts(path: list[str], pat: list[str]) -> bool:
+    if not pat:
+        return not path
+    if pat[0] == "**":
+        return any(_match_parts(path[i:], pat[1:]) for i in range(len(path) + 1))
+    if not path:
+        return False
+    return fnmatch.fnmatchcase(path[0], pat[0]) and _match_parts(path[1:], pat[1:])
+
+
+def match_outputs(files: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The relative ``files`` (POSIX paths) selected by the output globs, sorted.
+
+    ``*`` does not cross ``/``; ``**`` matches any number of directories. hpcbridge's own
+    ``.hpcbridge/`` directory is never an output unless a pattern names it explicitly.
+    """
+    out = set()
+    for f in files:
+        norm = posixpath.normpath(f)
+        if norm.startswith("../") or norm == ".." or posixpath.isabs(norm):
+            continue  # never follow a listing outside the work dir
+        parts = norm.split("/")
+        for pattern in patterns:
+            pat = _glob_to_parts(pattern)
+            if parts[0] == META_DIR and (not pat or pat[0] != META_DIR):
+                continue
+            if _match_parts(parts, pat):
+                out.add(norm)
+                break
+    return sorted(out)
+
+
+def input_name(path: str) -> str:
+    """The name an input file/dir gets inside the work dir (its base name)."""
+    name = posixpath.basename(path.rstrip("/").replace("\\", "/"))
+    if name in ("", ".", "..") or name == META_DIR:
+        raise UsageError(f"input {path!r} has no usable file name")
+    return name
