@@ -1,0 +1,387 @@
+"""The ``hpcbridge`` command: thin click commands over ``Service``.
+
+Each command opens the service, makes one call, formats the result. Library errors become one
+clean line on stderr (plus a hint) and exit status 1 in one place, ``_Group.invoke``; a wait
+that times out exits 3. Logging handlers are configured here and nowhere in the library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import HpcBridgeError, UsageError
+from .lifecycle import TaskState
+from .models import Task
+from .report import duration, format_info, iso, task_info, task_summary
+from .service import Service
+
+EXIT_ERROR = 1
+EXIT_TIMEOUT = 3
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HpcBridgeError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except TimeoutError as exc:
+            click.echo(f"timeout: {exc}", err=True)
+            ctx.exit(EXIT_TIMEOUT)
+
+
+def _service(ctx: click.Context) -> Service:
+    obj = ctx.find_root().obj
+    if obj.get("service") is None:
+        obj["service"] = Service.open(obj.get("config"), obj.get("db"), source="cli")
+        ctx.find_root().call_on_close(obj["service"].close)
+    svc: Service = obj["service"]
+    return svc
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", envvar="HPCBRIDGE_CONFIG", type=click.Path(dir_okay=False),
+              help="Config file (TOML). Default: $HPCBRIDGE_CONFIG or the user config dir.")  # fmt: skip
+@click.option("--db", "db", envvar="HPCBRIDGE_DB", type=click.Path(dir_okay=False),
+              help="Registry database. Default: $HPCBRIDGE_DB or the user data dir.")  # fmt: skip
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
+@click.version_option(package_name="hpcbridge")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, db: str | None, verbose: int) -> None:
+    """Run simulations on Slurm clusters (or locally) as durable, trackable tasks."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(config=config, db=db)
+    _setup_logging(verbose)
+
+
+# ---------------------------------------------------------------------------- submit
+def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} must look like key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--cluster", "-c", help="Cluster name from the config (default: its default_cluster).")
+@click.option("--name", "-n", help="A name for the task.")
+@click.option("--input", "-i", "inputs", multiple=True, type=click.Path(exists=True),
+              help="File or directory copied into the task's work dir (repeatable).")  # fmt: skip
+@click.option("--output", "-o", "outputs", multiple=True,
+              help="Glob (relative to the work dir) of outputs to bring back (repeatable).")  # fmt: skip
+@click.option("--meta", "-m", "meta", multiple=True, help="Metadata key=value (repeatable).")
+@click.option("--env", "-e", "env", multiple=True, help="Environment variable NAME=value for the job.")
+@click.option("--time", "-t", "time_", help="Time limit, Slurm syntax (e.g. 10, 01:00:00).")
+@click.option("--cpus", type=int, help="CPUs per task.")
+@click.option("--mem", help="Memory, e.g. 500M or 4G.")
+@click.option("--partition", "-p", help="Slurm partition.")
+@click.option("--account", "-A", help="Slurm account.")
+@click.option("--qos", help="Slurm QOS.")
+@click.option("--gres", help="Generic resources, e.g. gpu:1.")
+@click.option("--signal", "signal_", help="Checkpoint signal before the time limit, e.g. B:USR1@60.")
+@click.option("--sbatch-option", "sbatch_options", multiple=True,
+              help="Extra sbatch option, e.g. --constraint=fast (repeatable).")  # fmt: skip
+@click.option("--max-attempts", type=int, help="Attempts allowed (resubmissions after preemption/node failure).")
+@click.option("--retry-on", multiple=True,
+              type=click.Choice(["preempted", "node_failed", "failed", "timed_out", "out_of_memory", "lost"]),
+              help="Outcome that earns a new attempt (repeatable; default preempted + node_failed).")  # fmt: skip
+@click.option("--requeue/--no-requeue", default=None, help="Let Slurm requeue the job itself.")
+@click.option("--script", "script_file", type=click.Path(exists=True, dir_okay=False),
+              help="Run this bash script instead of a command.")  # fmt: skip
+@click.option("--from-file", "from_file", type=click.File("r"),
+              help="Submit many tasks: JSON lines, one spec per line with submit's keywords.")  # fmt: skip
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the task(s) to finish.")
+@click.option("--json", "as_json", is_flag=True, help="Print the task record(s) as JSON.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def submit(ctx: click.Context, cluster: str | None, name: str | None, inputs: tuple[str, ...],
+           outputs: tuple[str, ...], meta: tuple[str, ...], env: tuple[str, ...], time_: str | None,
+           cpus: int | None, mem: str | None, partition: str | None, account: str | None,
+           qos: str | None, gres: str | None, signal_: str | None, sbatch_options: tuple[str, ...],
+           max_attempts: int | None, retry_on: tuple[str, ...], requeue: bool | None,
+           script_file: str | None, from_file: Any, wait_: bool, as_json: bool,
+           command: tuple[str, ...]) -> None:  # fmt: skip
+    """Submit a task: hpcbridge submit [OPTIONS] -- COMMAND [ARGS]...
+
+    The command runs without a shell: its arguments arrive exactly as given. The new task id
+    is printed alone on the last line of stdout.
+    """
+    svc = _service(ctx)
+    if from_file is not None:
+        if command or script_file:
+            raise UsageError("--from-file takes no command or --script")
+        specs = []
+        for lineno, line in enumerate(from_file, 1):
+            if not line.strip():
+                continue
+            try:
+                spec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{from_file.name}:{lineno}: not JSON: {exc.msg}") from None
+            if not isinstance(spec, dict):
+                raise UsageError(f"{from_file.name}:{lineno}: each line must be a JSON object")
+            spec.setdefault("cluster", cluster)
+            specs.append(spec)
+        tasks = svc.submit_many(specs)
+    else:
+        if bool(command) == bool(script_file):
+            raise UsageError("give a command after -- or --script FILE (one of them)")
+        spec = dict(
+            command=list(command) or None,
+            script=Path(script_file).read_text(encoding="utf-8") if script_file else None,
+            cluster=cluster, name=name, inputs=list(inputs), outputs=list(outputs),
+            metadata=_parse_pairs(meta, "--meta"), env=_parse_pairs(env, "--env"),
+            time=time_, cpus=cpus, mem=mem, partition=partition, account=account, qos=qos,
+            gres=gres, signal=signal_, sbatch_options=list(sbatch_options),
+            max_attempts=max_attempts, retry_on=list(retry_on) or None, requeue=requeue,
+        )  # fmt: skip
+        tasks = [svc.submit(**spec)]
+    if wait_:
+        tasks = svc.wait([t.id for t in tasks], on_progress=_progress_printer())
+    if as_json:
+        out = [task_info(t, svc.registry.attempts(t.id), svc.registry.events(t.id)) for t in tasks]
+        click.echo(json.dumps(out if len(out) > 1 or from_file else out[0], indent=2))
+        return
+    for t in tasks[:-1]:
+        click.echo(t.id)
+    for t in tasks:
+        if t.state == TaskState.CREATED:
+            click.echo(f"warning: task {t.id} is registered but not yet submitted "
+                       "(cluster unreachable?); `hpcbridge sync` will submit it", err=True)  # fmt: skip
+        elif t.state == TaskState.FAILED and wait_ is False:
+            click.echo(f"warning: task {t.id} failed at submission: {t.reason}", err=True)
+    click.echo(tasks[-1].id)
+    if wait_ and any(t.state != TaskState.SUCCEEDED for t in tasks):
+        ctx.exit(EXIT_ERROR)
+
+
+def _progress_printer() -> Any:
+    last: dict[str, str] = {}
+
+    def show(tasks: list[Task]) -> None:
+        for t in tasks:
+            if last.get(t.id) != t.state.value:
+                last[t.id] = t.state.value
+                click.echo(f"{time.strftime('%H:%M:%S')} {t.id} {t.state.value}", err=True)
+
+    return show
+
+
+# ---------------------------------------------------------------------------- tasks
+@cli.group(cls=_Group)
+def tasks() -> None:
+    """List, inspect, wait for, cancel and download tasks."""
+
+
+@tasks.command("list")
+@click.option("--state", "-s", "states", multiple=True, type=click.Choice([s.value for s in TaskState]),
+              help="Only tasks in this state (repeatable).")  # fmt: skip
+@click.option("--active", is_flag=True, help="Only tasks that are not finished.")
+@click.option("--cluster", "-c", help="Only tasks on this cluster.")
+@click.option("--limit", "-l", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,
+               limit: int, as_json: bool) -> None:  # fmt: skip
+    """List tasks, newest first."""
+    svc = _service(ctx)
+    selected = [TaskState(s) for s in states] or None
+    if active:
+        selected = [s for s in (selected or TaskState) if not s.terminal]
+    rows = svc.list(states=selected, cluster=cluster, limit=limit)
+    if as_json:
+        click.echo(json.dumps([task_summary(t) for t in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no tasks", err=True)
+        return
+    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  NAME")
+    for t in rows:
+        created = (iso(t.created_at) or "")[:19].replace("T", " ")
+        click.echo(f"{t.id:<14}{t.state.value:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+                   f"{duration(t.run_seconds):>8}  {t.name}")  # fmt: skip
+
+
+@tasks.command("info")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def tasks_info(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """State, attempts (job ids, nodes, exit codes), timings, metadata and event history."""
+    svc = _service(ctx)
+    task = svc.get(task_id)
+    info = task_info(task, svc.registry.attempts(task.id), svc.registry.events(task.id))
+    click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@tasks.command("kill")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.pass_context
+def tasks_kill(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
+    """Cancel tasks (scancel for Slurm jobs; confirmed by the scheduler)."""
+    for t in _service(ctx).kill(list(task_ids)):
+        note = "" if t.state.terminal else " (cancel requested; waiting for the scheduler)"
+        click.echo(f"{t.id} {t.state.value}{note}")
+
+
+@tasks.command("wait")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit status 3).")
+@click.pass_context
+def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
+    """Wait until the tasks finish, showing state changes. Exit 0 only if all succeeded."""
+    done = _service(ctx).wait(list(task_ids), timeout=timeout, on_progress=_progress_printer())
+    for t in done:
+        click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))
+    if any(t.state != TaskState.SUCCEEDED for t in done):
+        ctx.exit(EXIT_ERROR)
+
+
+@tasks.command("meta")
+@click.argument("task_id")
+@click.argument("pairs", nargs=-1)
+@click.option("--delete", "-d", "deletes", multiple=True, help="Remove this key (repeatable).")
+@click.pass_context
+def tasks_meta(ctx: click.Context, task_id: str, pairs: tuple[str, ...], deletes: tuple[str, ...]) -> None:
+    """Show metadata, or set key=value pairs."""
+    svc = _service(ctx)
+    updates: dict[str, str | None] = dict(_parse_pairs(pairs, "metadata"))
+    updates.update({k: None for k in deletes})
+    meta = svc.set_metadata(task_id, updates) if updates else dict(svc.get(task_id).metadata)
+    for key, value in sorted(meta.items()):
+        click.echo(f"{key}={value}")
+
+
+@tasks.command("download")
+@click.argument("task_id")
+@click.option("--dir", "-d", "dest", type=click.Path(file_okay=False), help="Target dir (default ./ID).")
+@click.pass_context
+def tasks_download(ctx: click.Context, task_id: str, dest: str | None) -> None:
+    """Copy the task's declared outputs into a local directory."""
+    for path in _service(ctx).download(task_id, dest):
+        click.echo(str(path))
+
+
+# ---------------------------------------------------------------------------- logs
+@cli.command()
+@click.argument("task_id")
+@click.option("--stderr", "stderr_", is_flag=True, help="Show stderr instead of stdout.")
+@click.option("--tail", "-n", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the task ends.")
+@click.pass_context
+def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, attempt: int | None,
+         follow: bool) -> None:  # fmt: skip
+    """Print a task's stdout (or stderr), read where the job runs."""
+    from .sync import sync_cluster
+
+    svc = _service(ctx)
+    stream = "stderr" if stderr_ else "stdout"
+    text = svc.logs(task_id, stream=stream, tail=tail, attempt=attempt)
+    click.echo(text, nl=False)
+    if not follow:
+        return
+    task = svc.get(task_id)
+    seen = svc.logs(task.id, stream=stream, attempt=attempt)
+    while True:
+        task = svc.get(task.id)
+        if task.state.terminal:
+            break
+        time.sleep(1.0 if svc.cluster(task.cluster).backend == "local" else 3.0)
+        sync_cluster(svc, task.cluster)
+        now = svc.logs(task.id, stream=stream, attempt=attempt)
+        if now.startswith(seen):
+            click.echo(now[len(seen):], nl=False)
+        else:  # a new attempt or a truncated file: print it whole
+            click.echo(now, nl=False)
+        seen = now
+    rest = svc.logs(task.id, stream=stream, attempt=attempt)
+    if rest.startswith(seen):
+        click.echo(rest[len(seen):], nl=False)
+
+
+# ---------------------------------------------------------------------------- sync / daemon
+@cli.command()
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+@click.pass_context
+def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
+    """One sync cycle: poll jobs, apply state changes, retry, fetch outputs, submit what is
+    due. Safe to run from cron: an overlapping run exits 0 at once."""
+    from .sync import sync_all
+
+    reports = sync_all(_service(ctx), list(clusters) or None)
+    failed = False
+    for r in reports:
+        if r.skipped:
+            line = f"{r.cluster}: skipped (another sync holds the lock)"
+        elif r.unreachable:
+            failed = True
+            line = f"{r.cluster}: unreachable, nothing changed: {r.unreachable}"
+        else:
+            line = (f"{r.cluster}: polled {r.polled}, submitted {r.submitted}, "
+                    f"{len(r.changes)} change(s) in {r.seconds:.2f}s")  # fmt: skip
+        if r.errors:
+            failed = True
+            line += "; errors: " + "; ".join(r.errors)
+        if not quiet or failed:
+            click.echo(line, err=failed)
+        if not quiet:
+            for tid, old, new in r.changes:
+                click.echo(f"  {tid} {old} -> {new}")
+    if failed:
+        ctx.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--interval", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Seconds between cycles (with +-10% jitter).")  # fmt: skip
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--max-cycles", type=click.IntRange(min=1), help="Stop after this many cycles.")
+@click.pass_context
+def daemon(ctx: click.Context, interval: float, clusters: tuple[str, ...], max_cycles: int | None) -> None:
+    """Run sync cycles forever; stops cleanly on SIGTERM/SIGINT."""
+    from .daemon import run_daemon
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)
+    run_daemon(_service(ctx), interval=interval, clusters=list(clusters) or None, max_cycles=max_cycles)
+
+
+# ---------------------------------------------------------------------------- config
+@cli.command("config")
+@click.pass_context
+def config_cmd(ctx: click.Context) -> None:
+    """Show the configuration in effect (file, clusters, registry path)."""
+    svc = _service(ctx)
+    cfg = svc.config
+    click.echo(f"config file: {cfg.path or '(none; built-in local cluster)'}")
+    click.echo(f"registry:    {svc.registry.path}")
+    click.echo(f"default:     {cfg.default_cluster}")
+    for name, c in sorted(cfg.clusters.items()):
+        where = f"{c.user + '@' if c.user else ''}{c.host}:{c.port or 22}" if c.transport == "ssh" else "this machine"
+        click.echo(f"cluster {name}: backend={c.backend} transport={c.transport} ({where}) work_dir={c.work_dir}")
+
+
+def main() -> None:
+    cli(prog_name="hpcbridge")
