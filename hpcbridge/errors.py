@@ -90,6 +90,11 @@ class AuthenticationError(TransportError):
     transient = False
 
 
+class SchedulerUnavailable(TransportError):
+    """The cluster answered but its scheduler did not (slurmctld down, RPC timeout): nothing
+    is known about any job, so no task may change state."""
+
+
 class CommandTimeout(TransportError):
     """A remote/local command did not finish in time; its outcome is unknown."""
 

@@ -1,0 +1,353 @@
+"""Slurm over a transport (SSH or local): staging, batched submission, batched polling.
+
+Round trips per cycle are fixed, whatever the task count: submission is one remote bash
+script that writes every job script and runs every ``sbatch`` (one exec), polling is one
+``squeue --me`` plus at most one ``sacct`` (plus one marker read for jobs neither knows).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import posixpath
+import re
+import shlex
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .. import slurm
+from ..config import ClusterConfig
+from ..errors import (
+    CommandFailed,
+    HpcBridgeError,
+    SchedulerError,
+    SchedulerUnavailable,
+    TransportError,
+)
+from ..lifecycle import TaskState
+from ..models import JobInfo, Task
+from ..paths import input_name, log_name, match_outputs
+from ..transport import Transport
+from .base import PollRequest, SubmitOutcome, SubmitRequest
+
+log = logging.getLogger(__name__)
+
+# sbatch errors after which the job may exist anyway (the RPC reached slurmctld and the reply
+# was lost) or that are plainly temporary: the outcome is "unknown", resolved by token.
+_UNCERTAIN = re.compile(
+    r"socket timed out|unable to contact slurm controller|temporarily unable|"
+    r"connection refused|communication connection failure|slurm_persist_conn|"
+    r"transient|try again|resource temporarily unavailable|zero bytes were transmitted",
+    re.I,
+)
+_SCHEDULER_DOWN = re.compile(
+    r"unable to contact slurm controller|socket timed out|connection refused|"
+    r"communication connection failure|slurm_load_jobs error|slurmdbd|"
+    r"zero bytes were transmitted",
+    re.I,
+)
+_ACCOUNTING_OFF = re.compile(r"accounting storage is disabled", re.I)
+_LINE = re.compile(r"^HPCB (\S+) (\d+) (.*)$")
+_ERR = re.compile(r"^HPCBERR (\S+) (\S*)$")
+_MARK = re.compile(r"^HPCBMARK (\S+) (\S+) (.*)$")
+UNKNOWN_LOOKBACK_SECONDS = 3 * 86400  # how far back sacct looks for a job by name
+SUBMIT_CHUNK = 500  # requests per remote script (keeps scripts far below ARG_MAX / memory)
+
+
+class SlurmBackend:
+    name = "slurm"
+    scheduler_requeues = True
+
+    def __init__(self, cluster: ClusterConfig, transport: Transport) -> None:
+        self.cluster = cluster
+        self.transport = transport
+        self._base: str | None = None
+        self._tz: dt.tzinfo | None = None
+        self._accounting = True
+        self.commands = 0  # scheduler commands issued (sbatch counted once per batch script)
+
+    # -- paths --------------------------------------------------------------------------
+    def base_dir(self) -> str:
+        if self._base is None:
+            self._base = posixpath.normpath(self.transport.expand(self.cluster.work_dir))
+        return self._base
+
+    def work_dir(self, task: Task) -> str:
+        return task.work_dir or posixpath.join(self.base_dir(), task.id)
+
+    def _bin(self) -> str | None:
+        return self.cluster.slurm_bin_dir
+
+    def _zone(self) -> dt.tzinfo:
+        """The cluster's UTC offset: Slurm prints local times without a zone."""
+        if self._tz is None:
+            res = self.transport.run(["date", "+%z"], what="reading the cluster's time zone")
+            m = re.fullmatch(r"([+-])(\d\d)(\d\d)", res.stdout.strip())
+            if res.ok and m:
+                delta = dt.timedelta(hours=int(m[2]), minutes=int(m[3]))
+                self._tz = dt.timezone(delta if m[1] == "+" else -delta)
+            else:
+                self._tz = dt.UTC
+                log.warning("cluster %s: could not read its time zone (%r); assuming UTC",
+                            self.cluster.name, res.stdout.strip())  # fmt: skip
+        return self._tz
+
+    # -- staging ------------------------------------------------------------------------
+    def prepare(self, tasks: Sequence[Task]) -> dict[str, str | HpcBridgeError]:
+        dirs = {t.id: self.work_dir(t) for t in tasks}
+        # One mkdir for all work dirs (chunked to stay well under ARG_MAX).
+        paths = [posixpath.join(d, ".hpcbridge") for d in dirs.values()]
+        for i in range(0, len(paths), 200):
+            self.transport.run(["mkdir", "-p", "--", *paths[i : i + 200]], check=True,
+                               what="creating task work dirs")  # fmt: skip
+        out: dict[str, str | HpcBridgeError] = {}
+        for task in tasks:
+            try:
+                for src in task.spec.inputs:
+                    self.transport.put(Path(src), posixpath.join(dirs[task.id], input_name(src)))
+                out[task.id] = dirs[task.id]
+            except TransportError:
+                raise
+            except HpcBridgeError as exc:
+                out[task.id] = exc
+            except OSError as exc:
+                out[task.id] = HpcBridgeError(f"cannot upload inputs of task {task.id}: {exc}")
+        return out
+
+    # -- submission ---------------------------------------------------------------------
+    def render(self, req: SubmitRequest) -> str:
+        task = req.task
+        return slurm.render_batch_script(
+            task_id=task.id,
+            attempt=req.attempt,
+            token=req.token,
+            spec=task.spec,
+            resources=slurm.merge_resources(task.spec.resources, self.cluster.defaults),
+            work_dir=self.work_dir(task),
+            setup=self.cluster.setup,
+            env=self.cluster.env,
+            exclude_nodes=req.exclude_nodes,
+            requeue=task.spec.retry.slurm_requeue,
+        )
+
+    def submit_script(self, reqs: Sequence[tuple[SubmitRequest, str]]) -> str:
+        """One bash script that submits every request and reports one line per token.
+
+        Job scripts travel base64-encoded (only ``[A-Za-z0-9+/=]`` inside the shell text), are
+        kept as ``.hpcbridge/<attempt>/job.sh`` for the record, and each ``sbatch`` runs on
+        its own: one bad task fails alone."""
+        sbatch = shlex.join(slurm.sbatch_argv(bin_dir=self._bin()))
+        lines = ["set -u", "umask 077"]
+        for req, text in reqs:
+            d = posixpath.join(self.work_dir(req.task), ".hpcbridge", str(req.attempt))
+            b64 = base64.b64encode(text.encode()).decode()
+            tok = shlex.quote(req.token)
+            lines.append(
+                f"d={shlex.quote(d)}; "
+                f"if mkdir -p \"$d\" && printf %s {b64} | base64 -d > \"$d/job.sh\"; then "
+                f"o=$({sbatch} < \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
+                f"else o=; r=255; echo 'cannot write job script' > \"$d/sbatch.err\" 2>/dev/null; fi; "
+                f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"$(printf %s \"$o\" | tr '\\n' ' ')\"; "
+                f"if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' {tok} "
+                f"\"$(head -c 4000 \"$d/sbatch.err\" 2>/dev/null | base64 | tr -d '\\n')\"; fi"
+            )
+        return "\n".join(lines) + "\n"
+
+    def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
+        outcomes: dict[str, SubmitOutcome] = {}
+        rendered: list[tuple[SubmitRequest, str]] = []
+        for req in requests:
+            try:
+                rendered.append((req, self.render(req)))
+            except HpcBridgeError as exc:  # bad option values: this task alone is rejected
+                outcomes[req.token] = SubmitOutcome(req.token, error=exc)
+        for i in range(0, len(rendered), SUBMIT_CHUNK):
+            chunk = rendered[i : i + SUBMIT_CHUNK]
+            try:
+                self.commands += 1
+                res = self.transport.run_script(self.submit_script(chunk),
+                                                timeout=self.cluster.command_timeout + len(chunk),
+                                                what="submitting jobs")  # fmt: skip
+            except TransportError as exc:
+                # The script may have run in part: every job of the chunk is "unknown".
+                for req, _ in chunk:
+                    outcomes[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
+                continue
+            outcomes.update(self._parse_submit(res.stdout, res.stderr, [r for r, _ in chunk]))
+        return [outcomes[r.token] for r in requests]
+
+    def _parse_submit(self, stdout: str, stderr: str, reqs: Sequence[SubmitRequest]) -> dict[str, SubmitOutcome]:
+        status: dict[str, tuple[int, str]] = {}
+        errors: dict[str, str] = {}
+        for line in stdout.splitlines():
+            if m := _LINE.match(line):
+                status[m[1]] = (int(m[2]), m[3])
+            elif m := _ERR.match(line):
+                try:
+                    errors[m[1]] = base64.b64decode(m[2]).decode(errors="replace")
+                except ValueError:
+                    errors[m[1]] = m[2]
+        out: dict[str, SubmitOutcome] = {}
+        argv = slurm.sbatch_argv(bin_dir=self._bin())
+        for req in reqs:
+            if req.token not in status:
+                # The script stopped before this line: sbatch may or may not have run.
+                err = TransportError(f"submission script ended early; stderr: {stderr[-500:]!r}")
+                out[req.token] = SubmitOutcome(req.token, error=err, unknown=True)
+                continue
+            rc, text = status[req.token]
+            if rc == 0:
+                try:
+                    out[req.token] = SubmitOutcome(req.token, job_id=slurm.parse_sbatch(text))
+                except HpcBridgeError as exc:
+                    out[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
+                continue
+            err_text = errors.get(req.token, "")
+            failure = SchedulerError(argv, rc, err_text, what=f"sbatch for task {req.task.id}",
+                                     hint="check the task's resources against the cluster's "
+                                          "partitions and limits (sinfo, sacctmgr show qos)")  # fmt: skip
+            out[req.token] = SubmitOutcome(req.token, error=failure,
+                                           unknown=bool(_UNCERTAIN.search(err_text)))  # fmt: skip
+        return out
+
+    # -- polling ------------------------------------------------------------------------
+    def _run_query(self, argv: list[str], what: str) -> str:
+        self.commands += 1
+        res = self.transport.run(argv, timeout=self.cluster.command_timeout, what=what)
+        if res.ok:
+            return res.stdout
+        if slurm.squeue_missing_job_error(res.exit_status, res.stderr):
+            return ""
+        if what == "sacct" and _ACCOUNTING_OFF.search(res.stderr):
+            if self._accounting:
+                log.warning("cluster %s: sacct unavailable (accounting disabled); finished jobs "
+                            "are resolved from their marker files only", self.cluster.name)  # fmt: skip
+            self._accounting = False
+            return ""
+        err = CommandFailed(argv, res.exit_status, res.stderr, what=what)
+        raise SchedulerUnavailable(
+            f"cluster {self.cluster.name}: {err.message}",
+            hint="the scheduler did not answer; tasks are left as they were until it does",
+        )
+
+    def poll(self, requests: Sequence[PollRequest]) -> dict[str, JobInfo]:
+        if not requests:
+            return {}
+        tz = self._zone()
+        problems: list[str] = []
+        rows = slurm.parse_squeue(
+            self._run_query(slurm.squeue_argv(bin_dir=self._bin()), "squeue"), tz=tz, problems=problems
+        )
+        live = {r.job_id: r for r in rows}
+        by_token = {slurm.token_from_comment(r.comment): r for r in rows if r.comment}
+        # sacct only for what squeue cannot tell: jobs it no longer lists, requeue causes of
+        # restarted jobs, and jobs whose submission outcome is unknown (found by job name).
+        want_ids = sorted({r.job_id for r in requests if r.job_id and r.job_id not in live}
+                          | {j for j, r in live.items() if r.restarts > 0 and _is_ours(r)})  # fmt: skip
+        unknown = [r for r in requests if not r.job_id and r.token not in by_token]
+        acct: dict[str, JobInfo] = {}
+        if want_ids and self._accounting:
+            argv = slurm.sacct_argv(want_ids, tz=tz, bin_dir=self._bin())
+            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz, problems=problems))
+        if unknown and self._accounting:
+            # -j and --name combine as AND in sacct, so unknown outcomes get their own query.
+            names = [slurm.job_name(r.task_id, r.attempt) for r in unknown]
+            argv = slurm.sacct_argv(names=names, since=time.time() - UNKNOWN_LOOKBACK_SECONDS,
+                                    tz=tz, bin_dir=self._bin())  # fmt: skip
+            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz, problems=problems))
+        for p in problems:
+            log.warning("cluster %s: %s", self.cluster.name, p)
+        merged = slurm.merge_views(rows, acct)
+        acct_by_token = {slurm.token_from_comment(r.comment): r for r in acct.values() if r.comment}
+        out: dict[str, JobInfo] = {}
+        missing: list[PollRequest] = []
+        for req in requests:
+            info = merged.get(req.job_id) if req.job_id else (by_token.get(req.token) or acct_by_token.get(req.token))
+            if info is not None and req.job_id is None:
+                info = merged.get(info.job_id, info)
+            if info is None:
+                missing.append(req)
+            else:
+                out[req.token] = info
+        if missing:
+            out.update(self._from_markers([r for r in missing if r.job_id and r.work_dir]))
+        return out
+
+    def _from_markers(self, requests: Sequence[PollRequest]) -> dict[str, JobInfo]:
+        """Jobs neither squeue nor sacct know (accounting off, or purged): read the markers
+        the batch script left. Only an exit_code marker ends a job; otherwise it stays absent
+        and becomes lost after the grace period."""
+        if not requests:
+            return {}
+        lines = ["set -u"]
+        for r in requests:
+            d = posixpath.join(r.work_dir or "", ".hpcbridge", str(r.attempt))
+            lines.append(f"d={shlex.quote(d)}; for f in exit_code started node; do "
+                         f"[ -f \"$d/$f\" ] && printf 'HPCBMARK %s %s %s\\n' {shlex.quote(r.token)} "
+                         f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; true")  # fmt: skip
+        res = self.transport.run_script("\n".join(lines) + "\n", what="reading job markers")
+        marks: dict[str, dict[str, str]] = {}
+        for line in res.stdout.splitlines():
+            if m := _MARK.match(line):
+                marks.setdefault(m[1], {})[m[2]] = m[3].strip()
+        out: dict[str, JobInfo] = {}
+        for r in requests:
+            got = marks.get(r.token, {})
+            code = got.get("exit_code")
+            if code is None or not code.lstrip("-").isdigit() or r.job_id is None:
+                continue
+            rc = int(code)
+            state = TaskState.SUCCEEDED if rc == 0 else TaskState.FAILED
+            started = got.get("started")
+            out[r.token] = JobInfo(
+                job_id=r.job_id, raw_state=f"exit_code marker {rc}", state=state, source="marker",
+                exit_code=rc if rc < 128 else None, signal=rc - 128 if rc > 128 else None,
+                nodes=got.get("node"),
+                start_time=float(started) if started and started.isdigit() else None,
+            )  # fmt: skip
+        return out
+
+    # -- cancel / files -----------------------------------------------------------------
+    def cancel(self, requests: Sequence[PollRequest]) -> None:
+        ids = sorted({r.job_id for r in requests if r.job_id})
+        if not ids:
+            return
+        self.commands += 1
+        res = self.transport.run(slurm.scancel_argv(ids, bin_dir=self._bin()), what="scancel")
+        if not res.ok:
+            # scancel exits non-zero when some ids already ended; the poll tells the truth.
+            log.info("cluster %s: scancel exit %s: %s", self.cluster.name, res.exit_status,
+                     res.stderr.strip()[-300:])  # fmt: skip
+            if _SCHEDULER_DOWN.search(res.stderr):
+                raise SchedulerUnavailable(f"cluster {self.cluster.name}: scancel failed: {res.stderr.strip()[-300:]}")
+
+    def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
+        work = self.work_dir(task)
+        files = match_outputs(self.transport.list_files(work), task.spec.outputs)
+        copied = []
+        for rel in files:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.transport.get(posixpath.join(work, rel), target)
+            copied.append(target)
+        return copied
+
+    def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
+        path = posixpath.join(self.work_dir(task), log_name(attempt, stream))
+        try:
+            return self.transport.read_text(path, tail_lines=tail)
+        except FileNotFoundError:
+            return ""
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _is_ours(row: JobInfo) -> bool:
+    return slurm.token_from_comment(row.comment) is not None
+
+
+def job_ids(requests: Iterable[PollRequest]) -> list[str]:
+    return [r.job_id for r in requests if r.job_id]
