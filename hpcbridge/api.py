@@ -19,6 +19,12 @@ from .models import Attempt, Event
 from .models import Task as TaskRecord
 from .service import Service
 
+# Imported eagerly on purpose: the first import of the ``hpcbridge.sync`` submodule binds the
+# package attribute ``hpcbridge.sync`` to the module, which (when it happened lazily inside a
+# call) replaced the public ``hpcbridge.sync()`` function re-exported by ``__init__``. Loading it
+# here, before ``__init__`` binds the function, keeps ``hpcbridge.sync`` the function.
+from .sync import sync_all as _sync_all
+
 _lock = threading.Lock()
 _explicit: dict[str, str | None] = {}
 _services: dict[tuple[str | None, str | None], Service] = {}
@@ -101,14 +107,19 @@ class Task:
 
     @property
     def status(self) -> TaskState:
+        """The current state, read from the registry (call ``wait`` or ``sync`` to refresh it
+        from the scheduler)."""
         return self.record().state
 
     @property
     def name(self) -> str:
+        """The name given at submission ("" when none)."""
         return self.record().name
 
     @property
     def metadata(self) -> _Metadata:
+        """Free-form ``str -> str`` metadata as a live mapping: ``task.metadata["k"] = "v"``
+        writes to the registry at once; assigning a dict replaces all of it."""
         return _Metadata(self)
 
     @metadata.setter
@@ -125,9 +136,11 @@ class Task:
         return task_info(self.record(), self.attempts(), self.events())
 
     def attempts(self) -> list[Attempt]:
+        """Every attempt (one scheduler job each: job id, nodes, exit code, timings), oldest first."""
         return self._svc.registry.attempts(self.id)
 
     def events(self) -> list[Event]:
+        """The task's history (state changes, metadata edits, warnings), oldest first."""
         return self._svc.registry.events(self.id)
 
     def wait(self, timeout: float | None = None) -> TaskState:
@@ -140,13 +153,17 @@ class Task:
         return self._svc.kill([self.id])[0].state
 
     def logs(self, stream: str = "stdout", tail: int | None = None) -> str:
+        """The latest attempt's ``"stdout"`` or ``"stderr"`` text (only the last ``tail`` lines
+        when given), read where the job runs."""
         return self._svc.logs(self.id, stream=stream, tail=tail)
 
     def download_outputs(self, dest: str | os.PathLike[str] | None = None) -> list[Path]:
+        """Copy the declared outputs into ``dest`` (default ``./<task id>``); return the files."""
         return self._svc.download(self.id, dest)
 
 
 def get_task(task_id: str) -> Task:
+    """The task with this id (or unique id prefix); raises TaskNotFound otherwise."""
     return Task(task_id)
 
 
@@ -197,6 +214,4 @@ def wait_all(tasks: Iterable[Task | str], timeout: float | None = None) -> list[
 
 def sync(cluster: str | None = None) -> list[Any]:
     """Run one sync cycle (all clusters with active tasks, or one)."""
-    from .sync import sync_all
-
-    return sync_all(_service(), [cluster] if cluster else None)
+    return _sync_all(_service(), [cluster] if cluster else None)

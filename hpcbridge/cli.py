@@ -161,6 +161,8 @@ def submit(ctx: click.Context, cluster: str | None, name: str | None, inputs: tu
     if as_json:
         out = [task_info(t, svc.registry.attempts(t.id), svc.registry.events(t.id)) for t in tasks]
         click.echo(json.dumps(out if len(out) > 1 or from_file else out[0], indent=2))
+        if wait_ and any(t.state != TaskState.SUCCEEDED for t in tasks):
+            ctx.exit(EXIT_ERROR)  # same exit status with or without --json
         return
     for t in tasks[:-1]:
         click.echo(t.id)
@@ -198,7 +200,8 @@ def tasks() -> None:
               help="Only tasks in this state (repeatable).")  # fmt: skip
 @click.option("--active", is_flag=True, help="Only tasks that are not finished.")
 @click.option("--cluster", "-c", help="Only tasks on this cluster.")
-@click.option("--limit", "-l", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", "-l", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show at most this many tasks (the newest).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,

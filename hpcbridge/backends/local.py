@@ -122,15 +122,18 @@ class LocalBackend:
             *command,
         ]
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=work,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(work / META_DIR / f"runner-{req.attempt}.log", "ab"),  # noqa: SIM115
-                start_new_session=True,  # own session + process group: survives us, killable as one
-                close_fds=True,
-            )
+            # The child gets its own copy of the fd; close ours at once (it used to leak one
+            # open file per submission until garbage collection, with a ResourceWarning).
+            with open(work / META_DIR / f"runner-{req.attempt}.log", "ab") as runner_log:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=work,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=runner_log,
+                    start_new_session=True,  # own session + process group: survives us, killable as one
+                    close_fds=True,
+                )
         except OSError as exc:
             return SubmitOutcome(req.token, error=BackendError(f"cannot start runner: {exc}"))
         ref = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}

@@ -28,7 +28,7 @@ class RemoteFileError(HpcBridgeError, OSError):
     def __init__(self, message: str, *, path: str, err: int | None = None, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.path = path
-        self.errno = err  # type: ignore[misc]  # OSError's attribute, set by hand
+        self.errno = err
         self.filename = path
 
 

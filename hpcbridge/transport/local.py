@@ -8,6 +8,7 @@ classes. ``home`` can be pointed at a temporary directory in tests.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -180,6 +181,9 @@ class LocalTransport:
     def list_files(self, remote_dir: str) -> list[str]:
         root = self.expand(remote_dir)
         if not os.path.isdir(root):
+            if os.path.exists(root):
+                raise RemoteFileError(f"list_files: not a directory: {root}", path=root,
+                                      err=errno.ENOTDIR)
             raise RemoteFileNotFound(root, where="list_files")
         found: list[str] = []
         # Same as `find ROOT -type f`: regular files only, symlinks neither followed nor listed.

@@ -64,7 +64,7 @@ def load_ssh_config(path: str | os.PathLike[str] | None) -> paramiko.SSHConfig |
         return None
     try:
         return paramiko.SSHConfig.from_path(str(file))
-    except (OSError, paramiko.ConfigParseError) as exc:  # type: ignore[attr-defined]
+    except (OSError, paramiko.ConfigParseError) as exc:
         raise ConfigError(f"{file}: cannot read ssh config: {exc}") from None
 
 
@@ -167,9 +167,12 @@ class RejectUnknownHost(paramiko.MissingHostKeyPolicy):
         self.known_hosts = known_hosts
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        files = DEFAULT_KNOWN_HOSTS
+        if os.path.expanduser(self.known_hosts) != os.path.expanduser(DEFAULT_KNOWN_HOSTS):
+            files += f" nor {self.known_hosts}"
         raise HostKeyError(
-            f"host key of {self.target.address} is unknown (not in ~/.ssh/known_hosts nor "
-            f"{self.known_hosts}); it offered {key.get_name()} {fingerprint(key)}",
+            f"host key of {self.target.address} is unknown (not in {files}); "
+            f"it offered {key.get_name()} {fingerprint(key)}",
             hint=keyscan_hint(self.target, self.known_hosts),
         )
 
@@ -190,7 +193,7 @@ class AcceptNewHost(paramiko.MissingHostKeyPolicy):
         # Append instead of paramiko's save_host_keys(): that rewrites the whole file and
         # loses comments, markers and hashed entries other tools put there.
         with _append_lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             needs_newline = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
             with open(path, "a", encoding="ascii") as fh:
                 fh.write(("\n" if needs_newline else "") + line)

@@ -1,0 +1,70 @@
+#!/bin/bash
+#SBATCH --job-name="hpcb-01hq3v7k2m9xyz-2"
+#SBATCH --comment="hpcb:0123456789abcdef"
+#SBATCH --chdir="/scratch/alice/hpcbridge/01hq3v7k2m9xyz"
+#SBATCH --output="/scratch/alice/hpcbridge/01hq3v7k2m9xyz/.hpcbridge/attempt-2.out"
+#SBATCH --error="/scratch/alice/hpcbridge/01hq3v7k2m9xyz/.hpcbridge/attempt-2.err"
+#SBATCH --open-mode="append"
+#SBATCH --partition="debug"
+#SBATCH --account="proj1"
+#SBATCH --qos="normal"
+#SBATCH --time="00:10:00"
+#SBATCH --cpus-per-task="4"
+#SBATCH --mem="2G"
+#SBATCH --signal="B:USR1@60"
+#SBATCH --exclude="node3"
+#SBATCH "--requeue"
+#SBATCH --constraint="intel"
+# hpcbridge task hpcb-01hq3v7k2m9xyz-2: no #SBATCH lines below this point
+set -u
+__hpcb_dir=/scratch/alice/hpcbridge/01hq3v7k2m9xyz/.hpcbridge/2
+mkdir -p "$__hpcb_dir"
+# Markers are written to a temp file and renamed: a reader never sees half a value.
+__hpcb_mark() {
+    printf '%s\n' "$2" > "$__hpcb_dir/.$1.$$" && mv -f "$__hpcb_dir/.$1.$$" "$__hpcb_dir/$1"
+}
+# A Slurm requeue re-runs this script in the same attempt: forget the previous end.
+rm -f "$__hpcb_dir/exit_code"
+__hpcb_mark started "$(date +%s)"
+__hpcb_mark node "${SLURMD_NODENAME:-$(hostname)}"
+__hpcb_mark job_id "${SLURM_JOB_ID:-}"
+__hpcb_mark restarts "${SLURM_RESTART_COUNT:-0}"
+# --- cluster setup (site configuration, verbatim) ---
+module load python/3.11
+# --- end of cluster setup ---
+export SITE=lab
+export OMP_NUM_THREADS=4
+# Run the task in the background so this shell can take signals (--signal=B:...,
+# scancel --batch) and pass them on. Job control (set -m) keeps SIGINT deliverable:
+# without it a background child starts with SIGINT ignored.
+__hpcb_child=
+__hpcb_sig=
+# A signal that arrives before the child exists is kept and delivered once it does.
+__hpcb_pending=
+__hpcb_fwd() { __hpcb_sig=1; if [ -n "$__hpcb_child" ]; then kill -s "$1" "$__hpcb_child" 2>/dev/null; else __hpcb_pending=$1; fi; return 0; }
+trap '__hpcb_fwd TERM' TERM
+trap '__hpcb_fwd USR1' USR1
+trap '__hpcb_fwd USR2' USR2
+trap '__hpcb_fwd INT' INT
+set -m
+python sim.py --steps 100 &
+__hpcb_child=$!
+set +m
+if [ -n "$__hpcb_pending" ]; then kill -s "$__hpcb_pending" "$__hpcb_child" 2>/dev/null; fi
+__hpcb_rc=
+# wait returns early (128+n) when a trapped signal arrives: wait again until the
+# child itself has ended; 127 means it was already collected.
+while :; do
+    __hpcb_sig=
+    wait "$__hpcb_child"; __hpcb_st=$?
+    if [ "$__hpcb_st" -eq 127 ] && [ -n "$__hpcb_rc" ]; then break; fi
+    __hpcb_rc=$__hpcb_st
+    [ -n "$__hpcb_sig" ] || break
+done
+# An exit status is 0..255; seen once in the lab under scancel: -1. Never pass that on.
+case "$__hpcb_rc" in
+    ''|*[!0-9]*) __hpcb_rc=255 ;;
+esac
+[ "$__hpcb_rc" -le 255 ] || __hpcb_rc=255
+__hpcb_mark exit_code "$__hpcb_rc"
+exit "$__hpcb_rc"
