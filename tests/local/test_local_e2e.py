@@ -468,7 +468,9 @@ def test_submitting_leaks_no_open_file(hb):
         warnings.simplefilter("always")
         tasks = [hpcbridge.submit(["true"]) for _ in range(3)]
         gc.collect()
-    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    # ("subprocess N is still running" is expected: the runner is detached on purpose.)
+    leaks = [str(w.message) for w in caught
+             if issubclass(w.category, ResourceWarning) and "unclosed file" in str(w.message)]  # fmt: skip
     assert leaks == []
     assert hpcbridge.wait_all(tasks, timeout=30) == [S.SUCCEEDED] * 3
 
