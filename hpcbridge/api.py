@@ -201,7 +201,13 @@ def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None,
     states = None
     if state is not None:
         items = [state] if isinstance(state, (str, TaskState)) else list(state)
-        states = [TaskState(s) for s in items]
+        try:
+            states = [TaskState(s) for s in items]
+        except ValueError as exc:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown task state: {exc}",
+                             hint=f"states: {', '.join(s.value for s in TaskState)}") from None  # fmt: skip
     return [Task(t.id, service=svc) for t in svc.list(states=states, cluster=cluster, limit=limit)]
 
 

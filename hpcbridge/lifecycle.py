@@ -14,6 +14,9 @@ from .errors import ConfigError, IllegalTransition
 
 
 class TaskState(enum.StrEnum):
+    """Where a task is in its life: the states of DESIGN.md section 2 plus ``retrying`` (an
+    outcome the retry policy retries, waiting for its backoff). Terminal states never change."""
+
     CREATED = "created"  # registered, nothing sent yet
     STAGING = "staging"  # inputs being uploaded
     SUBMITTING = "submitting"  # intent recorded, sbatch outcome not yet known

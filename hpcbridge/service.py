@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -204,13 +205,13 @@ class Service:
         if not tasks:
             return
         backend = self.backend(cluster)
-        need_stage = [t for t in tasks if t.state in (S.CREATED, S.STAGING)]
+        # Claim each new task with a compare-and-set: a sync in another process may be
+        # starting the same task; whoever moves it first stages it, the other skips it.
+        need_stage = [t for t in tasks if t.state == S.STAGING or (
+            t.state == S.CREATED
+            and self._try_transition(t.id, S.CREATED, S.STAGING, "staging inputs"))]  # fmt: skip
         staged: dict[str, str] = {}
         if need_stage:
-            for t in need_stage:
-                if t.state == S.CREATED:
-                    self.registry.transition(t.id, S.CREATED, S.STAGING, source=self.source,
-                                             detail="staging inputs")  # fmt: skip
             try:
                 results = backend.prepare([t for t in need_stage])
             except TransportError:
@@ -231,7 +232,7 @@ class Service:
         for t in tasks:
             current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
             if current == S.STAGING and t.id not in staged:
-                continue
+                continue  # not ours to stage, or staging failed
             if current not in (S.STAGING, *WAITING):
                 continue
             number = t.attempt_count + 1
@@ -241,15 +242,17 @@ class Service:
                 fields["work_dir"] = staged[t.id]
             try:
                 with self.registry.transaction() as conn:
-                    self.registry.add_attempt(
-                        Attempt(task_id=t.id, number=number, token=token, state=S.SUBMITTING, created_at=now),
-                        conn,
-                    )  # fmt: skip
+                    # State first: the compare-and-set decides who submits this attempt, and a
+                    # loser rolls back before writing an attempt row.
                     self.registry.transition(
                         t.id, current, S.SUBMITTING, source=self.source, attempt=number,
                         detail=f"attempt {number}: submitting (token {token})", fields=fields, conn=conn,
                     )  # fmt: skip
-            except ConflictError as exc:
+                    self.registry.add_attempt(
+                        Attempt(task_id=t.id, number=number, token=token, state=S.SUBMITTING, created_at=now),
+                        conn,
+                    )  # fmt: skip
+            except (ConflictError, sqlite3.IntegrityError) as exc:
                 log.info("task %s: not submitted, changed meanwhile: %s", t.id, exc)
                 continue
             task = self.registry.get_task(t.id)

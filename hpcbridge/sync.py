@@ -38,6 +38,10 @@ REQUEUE_CAUSES = {
 }
 
 
+# How long a task may sit in created/staging before sync assumes its submitter is gone.
+ORPHAN_SECONDS = 10.0
+
+
 @dataclass
 class SyncReport:
     cluster: str
@@ -145,8 +149,12 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
     due = [
         t
         for t in reg.list_tasks(states=[S.CREATED, S.STAGING, *WAITING], cluster=cluster, newest_first=False)
-        if not t.cancel_requested and (t.state in (S.CREATED, S.STAGING) or (t.next_attempt_at or 0) <= now)
-    ]
+        if not t.cancel_requested and (
+            # A new task is normally started by the process that registered it, right away;
+            # sync takes over only what was left behind (unreachable cluster, killed submitter).
+            (t.state in (S.CREATED, S.STAGING) and now - t.updated_at >= ORPHAN_SECONDS)
+            or (t.state in WAITING and (t.next_attempt_at or 0) <= now))
+    ]  # fmt: skip
     if due:
         service.start_attempts(cluster, due)
         report.submitted = len(due)

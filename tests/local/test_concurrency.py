@@ -66,8 +66,6 @@ def _duplicate_moves(task: hpcbridge.Task) -> list[tuple[str | None, str | None]
     return [move for move, n in counts.items() if n > 1]
 
 
-@pytest.mark.xfail(reason=RACE_BUG + " - hit intermittently here; the deterministic tests below "
-                   "always hit it. Remove this marker once they pass.", strict=False)
 def test_parallel_submitters_with_sync_and_daemon(hb):
     """4 processes submit 10 tasks each while `hpcbridge sync` runs in a loop and a daemon
     cycles every second: no lock errors, every task accounted for, one attempt each."""
@@ -172,7 +170,6 @@ def _assert_one_clean_run(svc: Service) -> None:
     assert [e.to_state for e in svc.registry.events(task.id)].count("submitting") == 1
 
 
-@pytest.mark.xfail(reason=RACE_BUG, strict=True)
 def test_submit_survives_a_sync_between_register_and_stage(two_services):
     submitter, syncer = two_services
     insert = submitter.registry.insert_task
@@ -186,7 +183,6 @@ def test_submit_survives_a_sync_between_register_and_stage(two_services):
     _assert_one_clean_run(submitter)
 
 
-@pytest.mark.xfail(reason=RACE_BUG, strict=True)
 def test_submit_survives_a_sync_while_staging(two_services):
     submitter, syncer = two_services
     backend = submitter.backend("local")
@@ -201,7 +197,6 @@ def test_submit_survives_a_sync_while_staging(two_services):
     _assert_one_clean_run(submitter)
 
 
-@pytest.mark.xfail(reason=RACE_BUG, strict=True)
 def test_sync_survives_a_submit_finishing_while_it_stages(two_services):
     submitter, syncer = two_services
     # The submitter registered the task and moved it to STAGING, then the sync cycle listed it.

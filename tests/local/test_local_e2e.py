@@ -434,8 +434,10 @@ def test_sigkilled_runner_becomes_lost_after_grace(hb, tmp_path, monkeypatch, ru
     wait_running(task)
     runner = psutil.Process(int(task.attempts()[0].job_id))
     [child] = runner.children()
-    os.kill(child.pid, signal.SIGKILL)
+    # Runner first: killed the other way round, the runner could still record the child's
+    # death (a real FAILED result) before its own SIGKILL lands.
     os.kill(runner.pid, signal.SIGKILL)
+    os.kill(child.pid, signal.SIGKILL)
     wait_for(lambda: gone(runner.pid) and gone(child.pid), 5, what="processes to die")
     started = time.monotonic()
     assert task.wait(timeout=20) == S.LOST
@@ -497,3 +499,9 @@ def test_tasks_download_and_kill_and_config_commands(hb, run_cli, tmp_path):
     assert res.exit_code == 0
     assert "(none; built-in local cluster)" in res.stdout
     assert str(hb.db) in res.stdout and "cluster local: backend=local" in res.stdout
+
+
+def test_list_tasks_rejects_an_unknown_state_with_a_usage_error(hb):
+    with pytest.raises(hpcbridge.UsageError, match="bogus"):
+        hpcbridge.list_tasks("bogus")
+    assert hpcbridge.list_tasks(["succeeded", S.FAILED]) == []
