@@ -77,7 +77,7 @@ class _Metadata(MutableMapping[str, str]):
     def __len__(self) -> int:
         return len(self._data())
 
-    def update(self, *args: Any, **kwargs: str) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: str) -> None:
         """Set several keys in one transaction."""
         self._task._svc.set_metadata(self._task.id, dict(*args, **kwargs))
 
@@ -208,7 +208,7 @@ def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None,
 
             raise UsageError(f"unknown task state: {exc}",
                              hint=f"states: {', '.join(s.value for s in TaskState)}") from None  # fmt: skip
-    return [Task(t.id, service=svc) for t in svc.list(states=states, cluster=cluster, limit=limit)]
+    return [Task(t.id, service=svc) for t in svc.list_tasks(states=states, cluster=cluster, limit=limit)]
 
 
 def wait_all(tasks: Iterable[Task | str], timeout: float | None = None) -> list[TaskState]:

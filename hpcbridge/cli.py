@@ -211,7 +211,7 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
     selected = [TaskState(s) for s in states] or None
     if active:
         selected = [s for s in (selected or TaskState) if not s.terminal]
-    rows = svc.list(states=selected, cluster=cluster, limit=limit)
+    rows = svc.list_tasks(states=selected, cluster=cluster, limit=limit)
     if as_json:
         click.echo(json.dumps([task_summary(t) for t in rows], indent=2))
         return

@@ -30,7 +30,7 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
-    db["tasks"].create(
+    db.table("tasks").create(
         {
             "id": str,
             "name": str,
@@ -57,7 +57,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"name", "cluster", "state", "spec", "metadata", "created_at", "updated_at"},
         defaults={"attempt_count": 0, "cancel_requested": 0, "metadata": "{}", "excluded_nodes": "[]"},
     )
-    db["attempts"].create(
+    db.table("attempts").create(
         {
             "task_id": str,
             "number": int,
@@ -81,7 +81,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         foreign_keys=[("task_id", "tasks", "id")],
         defaults={"restarts": 0, "backend_ref": "{}"},
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "id": int,
             "task_id": str,
@@ -96,17 +96,17 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("task_id", "tasks", "id")],
     )
-    db["tasks"].create_index(["state", "cluster"])
-    db["tasks"].create_index(["cluster", "state"])
-    db["tasks"].create_index(["created_at"])
-    db["attempts"].create_index(["token"], unique=True)
-    db["attempts"].create_index(["job_id"])
-    db["events"].create_index(["task_id", "id"])
+    db.table("tasks").create_index(["state", "cluster"])
+    db.table("tasks").create_index(["cluster", "state"])
+    db.table("tasks").create_index(["created_at"])
+    db.table("attempts").create_index(["token"], unique=True)
+    db.table("attempts").create_index(["job_id"])
+    db.table("events").create_index(["task_id", "id"])
 
 
 def _m002_scheduler_budget(db: sqlite_utils.Database) -> None:
     # A token bucket per cluster shared by every process (CLI, daemon, API): login-node politeness.
-    db["budget"].create({"cluster": str, "tokens": float, "updated_at": float}, pk="cluster")
+    db.table("budget").create({"cluster": str, "tokens": float, "updated_at": float}, pk="cluster")
 
 
 MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (

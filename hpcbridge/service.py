@@ -331,7 +331,7 @@ class Service:
     def resolve(self, task_id: str) -> str:
         return self.registry.resolve_id(task_id)
 
-    def list(self, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+    def list_tasks(self, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
              limit: int | None = None) -> list[Task]:  # fmt: skip
         return self.registry.list_tasks(states=states, cluster=cluster, limit=limit)
 

@@ -42,6 +42,10 @@ REQUEUE_CAUSES = {
 ORPHAN_SECONDS = 10.0
 
 
+# How long a Slurm-side requeue (restart count up) may wait for sacct to name its cause.
+REQUEUE_CAUSE_WAIT_SECONDS = 60.0
+
+
 @dataclass
 class SyncReport:
     cluster: str
@@ -198,11 +202,24 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
     # Slurm requeued the job itself (same job id, restart count up): record the interruption
     # and its cause (the previous instance's state in sacct -D) inside this attempt.
     tfields: dict[str, Any] = {}
-    cause_raw = info.requeue_causes[-1] if info.requeue_causes else None
+    # The cause is known once sacct lists an earlier instance for every restart; a stale
+    # cause (restart 2 while sacct only knows the first requeue) is not the latest one.
+    cause_known = bool(info.requeue_causes) and len(info.requeue_causes) >= info.restarts
+    cause_raw = info.requeue_causes[-1] if cause_known else None
     job_over = info.state in TERMINAL or info.state in (S.SUCCEEDED, S.PREEMPTED, S.NODE_FAILED)
-    if info.restarts > att.restarts and (cause_raw is not None or job_over):
-        # (While sacct has no row for the earlier instance yet - it lags squeue on 22.05 -
-        # the requeue is left for the next cycle, so its cause is not recorded as unknown.)
+    if info.restarts > att.restarts and cause_raw is None and not job_over:
+        # sacct lags squeue: measured on 22.05, the requeued job shows PENDING with its restart
+        # count up at once, but sacct keeps one row (the ended instance, read as current) for
+        # up to ~7 s before the new instance's row appears and names the cause. Until then
+        # change nothing - neither the task (it would read running -> queued with no reason,
+        # then queued -> preempted -> queued) nor the attempt's nodes (the failed node that
+        # `excluded_nodes` needs). Bounded: squeue's SubmitTime of a requeued job is the
+        # requeue time; without accounting the cause stays unknown and is recorded as such.
+        requeued_at = info.submit_time or att.last_seen_at or now
+        if now - requeued_at < REQUEUE_CAUSE_WAIT_SECONDS:
+            reg.update_attempt(task.id, att.number, {"last_seen_at": now})
+            return
+    if info.restarts > att.restarts:
         afields["restarts"] = info.restarts
         cause = REQUEUE_CAUSES.get(cause_raw or "")
         what = cause_raw or "an unknown cause (no accounting row)"

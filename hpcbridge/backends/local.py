@@ -208,7 +208,7 @@ class LocalBackend:
             (marks / "cancelled").write_text(f"{time.time()}\n")
             ref = dict(req.backend_ref)
             if _alive(ref):
-                pid = int(ref["pid"])  # type: ignore[call-overload]
+                pid = int(ref["pid"])
                 try:
                     os.killpg(pid, signal.SIGTERM)
                 except ProcessLookupError:

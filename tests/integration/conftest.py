@@ -77,7 +77,7 @@ def service(lab_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     svc = Service.open(lab_config, db, source="test")
     yield svc
     # Leave no job of this test behind on the shared lab.
-    active = [t.id for t in svc.list(states=[s for s in TaskState if not s.terminal])]
+    active = [t.id for t in svc.list_tasks(states=[s for s in TaskState if not s.terminal])]
     if active:
         try:
             svc.kill(active)

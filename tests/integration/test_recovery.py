@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Task
 from hpcbridge.service import Service
 
-from .conftest import HEAT, drive_until, lab_cmd, states_seen, wait_for
+from .conftest import HEAT, drive_until, states_seen, wait_for
 
 pytestmark = pytest.mark.integration
 S = TaskState

@@ -163,7 +163,7 @@ def two_services(hb):
 
 
 def _assert_one_clean_run(svc: Service) -> None:
-    [task] = svc.list()
+    [task] = svc.list_tasks()
     done = svc.wait([task.id], timeout=20)[0]
     assert done.state == S.SUCCEEDED, done
     assert [a.number for a in svc.registry.attempts(task.id)] == [1]
