@@ -193,6 +193,14 @@ class Service:
                         f"cluster {cluster} unreachable ({exc.message}); the next sync submits it",
                         source=self.source,
                     )  # fmt: skip
+                if not exc.transient:
+                    # Host key or credentials: retrying will not help until the user acts.
+                    ids = ", ".join(t.id for t in group)
+                    raise type(exc)(
+                        f"{exc.message}\n  task(s) {ids} registered but not submitted; "
+                        "`hpcbridge sync` submits them once this is fixed",
+                        hint=exc.hint,
+                    ) from exc
         return [self.registry.get_task(t.id) for t in tasks]
 
     def start_attempts(self, cluster: str, tasks: Sequence[Task]) -> None:
@@ -216,14 +224,17 @@ class Service:
                 results = backend.prepare([t for t in need_stage])
             except TransportError:
                 for t in need_stage:
-                    self._try_transition(t.id, S.STAGING, S.CREATED, "staging interrupted: cluster unreachable")
+                    # next_attempt_at marks it as handed over: sync may start it right away.
+                    self._try_transition(t.id, S.STAGING, S.CREATED, "staging interrupted: cluster unreachable",
+                                         fields={"next_attempt_at": time.time()})  # fmt: skip
                 raise
             for t in need_stage:
                 res = results.get(t.id)
                 if isinstance(res, str):
                     staged[t.id] = res
                 elif res is not None and res.transient:
-                    self._try_transition(t.id, S.STAGING, S.CREATED, f"staging failed, will retry: {res}")
+                    self._try_transition(t.id, S.STAGING, S.CREATED, f"staging failed, will retry: {res}",
+                                         fields={"next_attempt_at": time.time()})  # fmt: skip
                 else:
                     self._try_transition(t.id, S.STAGING, S.FAILED, f"staging failed: {res}",
                                          fields={"reason": f"staging failed: {res}", "ended_at": time.time()})  # fmt: skip

@@ -156,7 +156,8 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
         if not t.cancel_requested and (
             # A new task is normally started by the process that registered it, right away;
             # sync takes over only what was left behind (unreachable cluster, killed submitter).
-            (t.state in (S.CREATED, S.STAGING) and now - t.updated_at >= ORPHAN_SECONDS)
+            (t.state in (S.CREATED, S.STAGING)
+             and (now - t.updated_at >= ORPHAN_SECONDS or (t.next_attempt_at or now + 1) <= now))
             or (t.state in WAITING and (t.next_attempt_at or 0) <= now))
     ]  # fmt: skip
     if due:
