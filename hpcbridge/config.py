@@ -70,7 +70,9 @@ class ClusterConfig:
     # Sync behaviour
     lost_grace_seconds: float = 120.0  # absent from squeue and sacct this long -> lost
     submit_grace_seconds: float = 60.0  # unknown sbatch outcome: look for the job this long
-    commands_per_minute: float = 120.0  # scheduler command budget shared by CLI and daemon
+    # Scheduler-command budget shared by CLI, cron and daemon. Slurm's RPC rate limiter (when a
+    # site enables it) refills 2 per second per user: stay well below that.
+    commands_per_minute: float = 60.0
     cycle_timeout: float = 300.0
 
 
