@@ -56,6 +56,11 @@ def run_daemon(service: Service, *, interval: float, clusters: list[str] | None 
             except HpcBridgeError as exc:
                 # A cycle that fails leaves every task as it was; the next one tries again.
                 log.error("sync cycle failed: %s", exc)
+            except Exception:  # noqa: BLE001 - a long-running loop must outlive one bad cycle
+                # Every write is a transaction, so an unexpected error (a bug, a full disk)
+                # leaves the registry consistent; log it with its traceback and carry on
+                # rather than leave every task unwatched until someone restarts the daemon.
+                log.exception("sync cycle crashed; the next cycle tries again")
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
                 break

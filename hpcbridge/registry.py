@@ -196,6 +196,9 @@ class Registry:
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.db = sqlite_utils.Database(self.conn)
+        # Committed state changes made through this connection, (task, from, to), in order:
+        # what a sync cycle reports and the daemon logs. Consumers take and clear it.
+        self.journal: list[tuple[str, str, str]] = []
         self.migrate()
 
     # -- infrastructure ------------------------------------------------------------------
@@ -213,10 +216,12 @@ class Registry:
                 f"registry {self.path} is locked: {exc}",
                 hint="another hpcbridge process holds it for too long; try again",
             ) from None
+        mark = len(self.journal)
         try:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
+            del self.journal[mark:]  # those changes never happened
             raise
         else:
             self.conn.execute("COMMIT")
@@ -396,6 +401,7 @@ class Registry:
                 f"{expected.value} -> {new.value} not applied"
             )
         self._event(c, task_id, "state", source, expected.value, new.value, attempt, detail, now)
+        self.journal.append((task_id, expected.value, new.value))
 
     def update_task(
         self,

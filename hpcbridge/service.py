@@ -238,6 +238,9 @@ class Service:
                 else:
                     self._try_transition(t.id, S.STAGING, S.FAILED, f"staging failed: {res}",
                                          fields={"reason": f"staging failed: {res}", "ended_at": time.time()})  # fmt: skip
+        # Charge the scheduler budget before the write-ahead commit: a budget wait after it
+        # would eat into the submit grace period that sync gives an unfinished submission.
+        self.charge(cluster, 1)
         requests: list[SubmitRequest] = []
         now = time.time()
         for t in tasks:
@@ -271,7 +274,6 @@ class Service:
                                           exclude_nodes=task.excluded_nodes))  # fmt: skip
         if not requests:
             return
-        self.charge(cluster, 1)
         outcomes = backend.submit(requests)
         by_token = {o.token: o for o in outcomes}
         for req in requests:
