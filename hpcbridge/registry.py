@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
 from .lifecycle import TaskState, check_transition
@@ -109,9 +110,20 @@ def _m002_scheduler_budget(db: sqlite_utils.Database) -> None:
     db.table("budget").create({"cluster": str, "tokens": float, "updated_at": float}, pk="cluster")
 
 
+def _m003_ordered_indexes(db: sqlite_utils.Database) -> None:
+    # Queries filter by state (and cluster) and order by id (= creation time): with id last
+    # in the index SQLite walks it in order instead of scanning the table and sorting
+    # (measured at 100k tasks: `tasks list --state` and the sync's active-task query).
+    db.execute("DROP INDEX IF EXISTS idx_tasks_state_cluster")
+    db.execute("DROP INDEX IF EXISTS idx_tasks_cluster_state")
+    db.table("tasks").create_index(["state", "id"], if_not_exists=True)
+    db.table("tasks").create_index(["cluster", "state", "id"], if_not_exists=True)
+
+
 MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
     ("001_initial", _m001_initial),
     ("002_scheduler_budget", _m002_scheduler_budget),
+    ("003_ordered_indexes", _m003_ordered_indexes),
 )
 
 _TASK_COLUMNS = (
@@ -195,7 +207,7 @@ class Registry:
             log.info("registry %s: WAL unavailable, journal_mode=%s", self.path, mode)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
-        self.db = sqlite_utils.Database(self.conn)
+        self._db: sqlite_utils.Database | None = None
         # Committed state changes made through this connection, (task, from, to), in order:
         # what a sync cycle reports and the daemon logs. Consumers take and clear it.
         self.journal: list[tuple[str, str, str]] = []
@@ -226,9 +238,25 @@ class Registry:
         else:
             self.conn.execute("COMMIT")
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils' view of the connection (schema work). Imported on first use: it is
+        most of hpcbridge's import time and memory, and only migrations need it."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     def migrate(self) -> list[str]:
         """Apply the migrations not yet recorded; return their names."""
         applied: list[str] = []
+        try:
+            done = {r[0] for r in self.conn.execute("SELECT name FROM _migrations")}
+            if all(name in done for name, _ in MIGRATIONS):
+                return applied  # the common case: nothing to do, no sqlite-utils import
+        except sqlite3.OperationalError:
+            pass  # a new registry: no _migrations table yet
         with self.transaction():
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
@@ -251,33 +279,41 @@ class Registry:
 
     # -- tasks ----------------------------------------------------------------------------
     def insert_task(self, task: Task, *, source: str, detail: str = "") -> None:
+        self.insert_tasks([task], source=source, detail=detail)
+
+    def insert_tasks(self, tasks: Sequence[Task], *, source: str, detail: str = "") -> None:
+        """Register tasks (all or none) in one transaction."""
         with self.transaction() as c:
-            c.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
-                (
-                    task.id,
-                    task.spec.name,
-                    task.spec.cluster,
-                    task.state.value,
-                    json.dumps(task.spec.to_dict()),
-                    json.dumps(dict(task.metadata)),
-                    task.created_at,
-                    task.updated_at,
-                    task.submitted_at,
-                    task.started_at,
-                    task.ended_at,
-                    task.fetched_at,
-                    task.attempt_count,
-                    task.exit_code,
-                    task.reason,
-                    task.next_attempt_at,
-                    task.work_dir,
-                    task.output_dir,
-                    json.dumps(list(task.excluded_nodes)),
-                    int(task.cancel_requested),
-                ),
-            )
-            self._event(c, task.id, "state", source, None, task.state.value, None, detail)
+            for task in tasks:
+                self._insert(c, task, source, detail)
+
+    def _insert(self, c: sqlite3.Connection, task: Task, source: str, detail: str) -> None:
+        c.execute(
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+            (
+                task.id,
+                task.spec.name,
+                task.spec.cluster,
+                task.state.value,
+                json.dumps(task.spec.to_dict()),
+                json.dumps(dict(task.metadata)),
+                task.created_at,
+                task.updated_at,
+                task.submitted_at,
+                task.started_at,
+                task.ended_at,
+                task.fetched_at,
+                task.attempt_count,
+                task.exit_code,
+                task.reason,
+                task.next_attempt_at,
+                task.work_dir,
+                task.output_dir,
+                json.dumps(list(task.excluded_nodes)),
+                int(task.cancel_requested),
+            ),
+        )
+        self._event(c, task.id, "state", source, None, task.state.value, None, detail)
 
     def get_task(self, task_id: str) -> Task:
         row = self.conn.execute(

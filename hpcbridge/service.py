@@ -21,6 +21,7 @@ from .config import ClusterConfig, Config, load_config, resolve_db_path
 from .errors import (
     ConflictError,
     HpcBridgeError,
+    RegistryError,
     TransportError,
     UsageError,
 )
@@ -165,21 +166,21 @@ class Service:
         """Register every task first (all-or-nothing validation), then start them batched per
         cluster: one staging pass and one submission round trip per cluster."""
         built = [self.build_spec(**dict(s)) for s in specs]
-        tasks: list[Task] = []
         now = time.time()
-        for spec, metadata in built:
-            task_id = new_task_id(now)
-            task = Task(
-                id=task_id,
-                spec=spec,
-                state=S.CREATED,
-                metadata=metadata,
-                created_at=now,
-                updated_at=now,
-                output_dir=str(self.data_dir / "outputs" / task_id),
-            )
-            self.registry.insert_task(task, source=self.source, detail="task registered")
-            tasks.append(task)
+        for _ in range(3):
+            tasks = []
+            for spec, metadata in built:
+                task_id = new_task_id(now)
+                tasks.append(Task(id=task_id, spec=spec, state=S.CREATED, metadata=metadata,
+                                  created_at=now, updated_at=now,
+                                  output_dir=str(self.data_dir / "outputs" / task_id)))  # fmt: skip
+            try:  # one transaction for the whole batch
+                self.registry.insert_tasks(tasks, source=self.source, detail="task registered")
+                break
+            except sqlite3.IntegrityError:  # an id made in the same ms by another process
+                log.info("task id collision with another process; drawing new ids")
+        else:
+            raise RegistryError("could not allocate unique task ids after 3 tries")
         by_cluster: dict[str, list[Task]] = {}
         for task in tasks:
             by_cluster.setdefault(task.cluster, []).append(task)

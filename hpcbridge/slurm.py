@@ -303,7 +303,9 @@ def parse_slurm_time(text: str | None, tz: tzinfo | None = None) -> float | None
         return None
     if not _SLURM_TIME.match(value):
         raise ValueError(f"not a Slurm time: {value!r}")
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=tz).timestamp()
+    # fromisoformat: same result as strptime for this exact shape (checked by the regex
+    # above), ~50x faster - a sync over thousands of squeue rows parses three times each.
+    return datetime.fromisoformat(value).replace(tzinfo=tz).timestamp()
 
 
 def parse_exit_code(text: str | None) -> tuple[int | None, int | None]:

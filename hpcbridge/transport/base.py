@@ -11,7 +11,7 @@ import posixpath
 import shlex
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,9 +61,9 @@ class TransportStats:
                 setattr(self, name, getattr(self, name) + delta)
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_lock", None)
-        return data
+        # Not dataclasses.asdict: it deep-copies every field, and a lock cannot be copied.
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def reset(self) -> None:
         with self._lock:
