@@ -71,7 +71,9 @@ class SlurmBackend:
     # -- paths --------------------------------------------------------------------------
     def base_dir(self) -> str:
         if self._base is None:
-            self._base = posixpath.normpath(self.transport.expand(self.cluster.work_dir))
+            wd = self.cluster.work_dir
+            # An absolute work_dir needs no remote lookup of $HOME (an SFTP session).
+            self._base = posixpath.normpath(wd if wd.startswith("/") else self.transport.expand(wd))
         return self._base
 
     def work_dir(self, task: Task) -> str:
@@ -97,11 +99,13 @@ class SlurmBackend:
     # -- staging ------------------------------------------------------------------------
     def prepare(self, tasks: Sequence[Task]) -> dict[str, str | HpcBridgeError]:
         dirs = {t.id: self.work_dir(t) for t in tasks}
-        # One mkdir for all work dirs (chunked to stay well under ARG_MAX).
-        paths = [posixpath.join(d, ".hpcbridge") for d in dirs.values()]
-        for i in range(0, len(paths), 200):
-            self.transport.run(["mkdir", "-p", "--", *paths[i : i + 200]], check=True,
-                               what="creating task work dirs")  # fmt: skip
+        # No mkdir here: the submission script creates .hpcbridge/<attempt> (and so the work
+        # dir) in the same round trip as sbatch, and SFTP uploads create their parents. But
+        # do connect: an unreachable cluster must fail here, before the write-ahead commit,
+        # not in submit() where every attempt would become "outcome unknown".
+        connect = getattr(self.transport, "connect", None)
+        if connect is not None:
+            connect()
         out: dict[str, str | HpcBridgeError] = {}
         for task in tasks:
             try:
@@ -135,23 +139,23 @@ class SlurmBackend:
     def submit_script(self, reqs: Sequence[tuple[SubmitRequest, str]]) -> str:
         """One bash script that submits every request and reports one line per token.
 
-        Job scripts travel base64-encoded (only ``[A-Za-z0-9+/=]`` inside the shell text), are
-        kept as ``.hpcbridge/<attempt>/job.sh`` for the record, and each ``sbatch`` runs on
-        its own: one bad task fails alone."""
+        Per job it forks once (the ``$(sbatch ...)``): the job script is written by the
+        ``printf`` builtin from a single-quoted literal (nothing inside is expanded), kept as
+        ``.hpcbridge/<attempt>/job.sh`` for the record, and each ``sbatch`` runs on its own,
+        so one bad task fails alone. Error text is base64'd so it stays on one line."""
         sbatch = shlex.join(slurm.sbatch_argv(bin_dir=self._bin()))
-        lines = ["set -u", "umask 077"]
-        for req, text in reqs:
-            d = posixpath.join(self.work_dir(req.task), ".hpcbridge", str(req.attempt))
-            b64 = base64.b64encode(text.encode()).decode()
+        dirs = [posixpath.join(self.work_dir(r.task), ".hpcbridge", str(r.attempt)) for r, _ in reqs]
+        lines = ["set -u", "umask 077", "mkdir -p -- " + " ".join(shlex.quote(d) for d in dirs)]
+        for (req, text), d in zip(reqs, dirs, strict=True):
             tok = shlex.quote(req.token)
             lines.append(
                 f"d={shlex.quote(d)}; "
-                f"if mkdir -p \"$d\" && printf %s {b64} | base64 -d > \"$d/job.sh\"; then "
+                f"if printf %s {shlex.quote(text)} > \"$d/job.sh\"; then "
                 f"o=$({sbatch} < \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
-                f"else o=; r=255; echo 'cannot write job script' > \"$d/sbatch.err\" 2>/dev/null; fi; "
-                f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"$(printf %s \"$o\" | tr '\\n' ' ')\"; "
+                f"else o='cannot write the job script'; r=255; fi; "
+                f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"${{o//$'\\n'/ }}\"; "
                 f"if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' {tok} "
-                f"\"$(head -c 4000 \"$d/sbatch.err\" 2>/dev/null | base64 | tr -d '\\n')\"; fi"
+                f"\"$(head -c 4000 \"$d/sbatch.err\" 2>/dev/null | base64 -w0)\"; fi"
             )
         return "\n".join(lines) + "\n"
 
@@ -204,7 +208,7 @@ class SlurmBackend:
                 except HpcBridgeError as exc:
                     out[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
                 continue
-            err_text = errors.get(req.token, "")
+            err_text = errors.get(req.token) or text
             failure = SchedulerError(argv, rc, err_text, what=f"sbatch for task {req.task.id}",
                                      hint="check the task's resources against the cluster's "
                                           "partitions and limits (sinfo, sacctmgr show qos)")  # fmt: skip
