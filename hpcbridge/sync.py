@@ -96,8 +96,11 @@ def sync_cluster(service: Service, cluster: str) -> SyncReport:
         if not got:
             report.skipped = True
             return report
+        service.registry.journal.clear()
         try:
             _cycle(service, cluster, report)
+            # Every committed change of the cycle, submissions and retries included.
+            report.changes = list(service.registry.journal)
         except TransportError as exc:
             report.unreachable = str(exc.message)
             log.warning("cluster %s unreachable, tasks left as they were: %s", cluster, exc.message)
@@ -118,9 +121,11 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
     if in_flight:
         requests = [service.poll_request(t, attempts[t.id]) for t in in_flight]
         service.charge(cluster, 2)
+        # The snapshot's time is when the query was sent: an attempt written after it cannot
+        # be in the answer, so grace periods are measured against this, not the reply's time.
+        now = time.time()
         infos = backend.poll(requests)  # TransportError here: nothing written yet
         report.polled = len(requests)
-        now = time.time()
         cancels = []
         deadline = time.monotonic() + service.config.cluster(cluster).cycle_timeout
         for task in in_flight:
@@ -185,8 +190,9 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
                        ("exit_code", info.exit_code), ("signal", info.signal)):  # fmt: skip
         if value not in (None, ""):
             afields[key] = value
-    if info.reason is not None:
-        afields["reason"] = info.reason
+    # The scheduler's current reason, or none: a pending reason (BeginTime, Priority) must not
+    # outlive the wait it explained (it stayed on attempts that later ran and succeeded).
+    afields["reason"] = info.reason
     if info.state is None:
         note = f"unknown scheduler state {info.raw_state!r} for job {info.job_id}; task left as it was"
         if att.reason != note:
@@ -216,7 +222,9 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
         # then queued -> preempted -> queued) nor the attempt's nodes (the failed node that
         # `excluded_nodes` needs). Bounded: squeue's SubmitTime of a requeued job is the
         # requeue time; without accounting the cause stays unknown and is recorded as such.
-        requeued_at = info.submit_time or att.last_seen_at or now
+        # (Never last_seen_at as a fallback: it moves every cycle. The instance's first start
+        # is earlier than the requeue, so it can only shorten the wait.)
+        requeued_at = info.submit_time or att.started_at or 0.0
         if now - requeued_at < REQUEUE_CAUSE_WAIT_SECONDS:
             reg.update_attempt(task.id, att.number, {"last_seen_at": now})
             return

