@@ -132,7 +132,8 @@ class RetryPolicy:
     """When a task whose attempt ended badly gets a new attempt.
 
     ``max_attempts`` counts hpcbridge attempts (sbatch calls); Slurm's own requeues of the same
-    job id do not use up attempts but are bounded by ``max_slurm_restarts``.
+    job id do not use up attempts; Slurm bounds those itself (``MaxBatchRequeue`` in
+    slurm.conf, 5 by default), after which the job ends and this policy decides.
     """
 
     max_attempts: int = 3
@@ -144,7 +145,6 @@ class RetryPolicy:
     backoff_max_seconds: float = 600.0
     exclude_failed_nodes: bool = True
     slurm_requeue: bool = True  # let Slurm requeue the job itself (--requeue / --no-requeue)
-    max_slurm_restarts: int = 5
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -169,14 +169,17 @@ class RetryPolicy:
             "backoff_max_seconds": self.backoff_max_seconds,
             "exclude_failed_nodes": self.exclude_failed_nodes,
             "slurm_requeue": self.slurm_requeue,
-            "max_slurm_restarts": self.max_slurm_restarts,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> RetryPolicy:
+    def from_dict(cls, data: Mapping[str, object], *, strict: bool = True) -> RetryPolicy:
+        """From config (``strict``: unknown keys are errors) or from a stored task (keys an
+        older or newer hpcbridge wrote are ignored, so old registries stay readable)."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
-        if unknown:
+        if unknown and not strict:
+            data = {k: v for k, v in data.items() if k in known}
+        elif unknown:
             raise ConfigError(
                 f"unknown retry policy key(s) {sorted(unknown)}", hint=f"allowed: {sorted(known)}"
             )

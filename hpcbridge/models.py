@@ -156,7 +156,7 @@ class TaskSpec:
             outputs=tuple(data.get("outputs") or ()),
             env=dict(data.get("env") or {}),
             resources=Resources.from_dict(data.get("resources") or {}),
-            retry=RetryPolicy.from_dict(data.get("retry") or {}),
+            retry=RetryPolicy.from_dict(data.get("retry") or {}, strict=False),
         )
 
 
