@@ -140,8 +140,10 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
             except HpcBridgeError as exc:
                 report.errors.append(f"{task.id}: {exc.message}")
                 log.error("task %s: %s", task.id, exc.message)
+            if not task.cancel_requested:  # as listed at the start of the cycle
+                continue
             fresh = reg.get_task(task.id)
-            if fresh.cancel_requested and fresh.state in IN_FLIGHT:
+            if fresh.state in IN_FLIGHT:
                 fresh_att = reg.current_attempts([task.id]).get(task.id)
                 if fresh_att is not None and (fresh_att.job_id or fresh_att.backend_ref):
                     cancels.append(service.poll_request(fresh, fresh_att))
@@ -277,7 +279,6 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
             reg.transition(task.id, prev, state, source=service.source, attempt=att.number,
                            detail=f"attempt {att.number}: {detail}",
                            fields=tfields if i == len(path) - 1 else None, conn=conn)  # fmt: skip
-            report.changes.append((task.id, prev.value, state.value))
             log.info("task %s attempt %s: %s -> %s", task.id, att.number, prev.value, state.value)
             prev = state
 
@@ -321,7 +322,6 @@ def _absent(service: Service, task: Task, att: Attempt, now: float, report: Sync
             reg.transition(task.id, S.SUBMITTING, S.RETRYING, source=service.source,
                            attempt=att.number, detail=detail,
                            fields={"next_attempt_at": now}, conn=conn)  # fmt: skip
-        report.changes.append((task.id, S.SUBMITTING.value, S.RETRYING.value))
         return
     seen = att.last_seen_at or att.submitted_at or att.created_at or now
     if now - seen < cfg.lost_grace_seconds:
@@ -339,7 +339,6 @@ def _absent(service: Service, task: Task, att: Attempt, now: float, report: Sync
             reg.transition(task.id, prev, state, source=service.source, attempt=att.number,
                            detail=detail, fields=fields if i == len(plan.path) - 1 else None,
                            conn=conn)  # fmt: skip
-            report.changes.append((task.id, prev.value, state.value))
             prev = state
 
 
@@ -360,6 +359,5 @@ def _fetch(service: Service, task: Task, report: SyncReport) -> None:
     detail = f"{len(files)} output file(s) fetched"
     if missing:
         detail += f"; no file matched {missing}"
-    if service._try_transition(task.id, S.FETCHING, S.SUCCEEDED, detail,
-                               fields={"fetched_at": time.time(), "reason": None}):  # fmt: skip
-        report.changes.append((task.id, S.FETCHING.value, S.SUCCEEDED.value))
+    service._try_transition(task.id, S.FETCHING, S.SUCCEEDED, detail,
+                            fields={"fetched_at": time.time(), "reason": None})  # fmt: skip
