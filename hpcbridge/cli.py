@@ -300,27 +300,25 @@ def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, atte
 
     svc = _service(ctx)
     stream = "stderr" if stderr_ else "stdout"
-    text = svc.logs(task_id, stream=stream, tail=tail, attempt=attempt)
-    click.echo(text, nl=False)
     if not follow:
+        click.echo(svc.logs(task_id, stream=stream, tail=tail, attempt=attempt), nl=False)
         return
     task = svc.get(task_id)
+    # Follow: remember the whole text printed so far and print only what was appended.
     seen = svc.logs(task.id, stream=stream, attempt=attempt)
+    shown = seen if tail is None else "".join(seen.splitlines(keepends=True)[-tail:] if tail else [])
+    click.echo(shown, nl=False)
     while True:
-        task = svc.get(task.id)
-        if task.state.terminal:
-            break
-        time.sleep(1.0 if svc.cluster(task.cluster).backend == "local" else 3.0)
-        sync_cluster(svc, task.cluster)
+        done = svc.get(task.id).state.terminal
+        if not done:
+            time.sleep(1.0 if svc.cluster(task.cluster).backend == "local" else 3.0)
+            sync_cluster(svc, task.cluster)
         now = svc.logs(task.id, stream=stream, attempt=attempt)
-        if now.startswith(seen):
-            click.echo(now[len(seen):], nl=False)
-        else:  # a new attempt or a truncated file: print it whole
-            click.echo(now, nl=False)
+        # A new attempt or a truncated file starts over: print it whole.
+        click.echo(now[len(seen):] if now.startswith(seen) else now, nl=False)
         seen = now
-    rest = svc.logs(task.id, stream=stream, attempt=attempt)
-    if rest.startswith(seen):
-        click.echo(rest[len(seen):], nl=False)
+        if done:
+            break
 
 
 # ---------------------------------------------------------------------------- sync / daemon

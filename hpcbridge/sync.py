@@ -259,10 +259,12 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
 
     # Apply the whole path in one transaction: either every step is recorded or none.
     final = path[-1]
-    if info.start_time and task.started_at is None and final not in (S.QUEUED,):
-        tfields["started_at"] = info.start_time
-    elif final == S.RUNNING and task.started_at is None:
-        tfields["started_at"] = now
+    # Slurm gives a job cancelled (or preempted) while pending a StartTime too - the moment it
+    # left the queue - so a start is recorded only for a job that really ran.
+    ran = (task.state in (S.RUNNING, S.SUSPENDED, S.COMPLETING) or S.RUNNING in path
+           or final in (S.FETCHING, S.FAILED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.COMPLETING))  # fmt: skip
+    if ran and task.started_at is None:
+        tfields["started_at"] = info.start_time or now
     if final in TERMINAL or final in WAITING or final == S.FETCHING:
         tfields["ended_at"] = info.end_time or now
         tfields["exit_code"] = info.exit_code
