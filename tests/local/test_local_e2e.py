@@ -505,3 +505,40 @@ def test_list_tasks_rejects_an_unknown_state_with_a_usage_error(hb):
     with pytest.raises(hpcbridge.UsageError, match="bogus"):
         hpcbridge.list_tasks("bogus")
     assert hpcbridge.list_tasks(["succeeded", S.FAILED]) == []
+
+
+# -------------------------------------------------------------------------- bulk from a file
+
+
+def test_submit_from_file_jsonl(hb, run_proc, tmp_path):
+    specs = tmp_path / "tasks.jsonl"
+    specs.write_text(
+        "\n".join(json.dumps(s) for s in [
+            {"command": ["python3", "-c", "print('one')"], "name": "one", "metadata": {"i": "1"}},
+            {"command": ["sh", "-c", "exit 4"], "name": "two"},
+            {"script": "echo three\n", "name": "three"},
+        ]) + "\n\n"  # blank lines are skipped
+    )  # fmt: skip
+    res = run_proc("submit", "--from-file", str(specs), "--wait")
+    assert res.returncode == 1  # one of them failed: --wait reports it
+    ids = res.stdout.split()
+    assert len(ids) == 3 and len(set(ids)) == 3
+    tasks = [hpcbridge.Task(i) for i in ids]
+    assert [t.name for t in tasks] == ["one", "two", "three"]
+    assert [t.status for t in tasks] == [S.SUCCEEDED, S.FAILED, S.SUCCEEDED]
+    assert tasks[1].record().exit_code == 4
+    assert tasks[0].metadata["i"] == "1"
+    assert tasks[2].logs() == "three\n"
+
+
+def test_submit_from_file_rejects_bad_lines_before_registering_anything(hb, run_proc, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"command": ["true"]}\n{"command": "true"}\n')
+    res = run_proc("submit", "--from-file", str(bad))
+    assert res.returncode == 1 and res.stderr.startswith("error: command must be a list")
+    garbled = tmp_path / "garbled.jsonl"
+    garbled.write_text('{"command": ["true"]}\nnot json\n')
+    res = run_proc("submit", "--from-file", str(garbled))
+    assert res.returncode == 1 and f"{garbled}:2: not JSON" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert hpcbridge.list_tasks() == []
