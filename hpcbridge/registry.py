@@ -215,6 +215,10 @@ class Registry:
 
     # -- infrastructure ------------------------------------------------------------------
     def close(self) -> None:
+        try:  # SQLite's advice for connections that ran queries: refresh planner statistics
+            self.conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
         self.conn.close()
 
     @contextmanager
