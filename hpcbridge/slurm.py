@@ -28,7 +28,7 @@ import logging
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, tzinfo
 
@@ -371,20 +371,27 @@ def parse_sbatch(stdout: str) -> str:
     )
 
 
-def parse_squeue(
-    text: str, *, tz: tzinfo | None = None, problems: list[str] | None = None
-) -> list[JobInfo]:
-    """Rows of ``squeue_argv()`` output. Unknown state words give ``state=None`` (not an
-    error); malformed lines are skipped and reported."""
+def _parse_rows(text: str, parse_row: Callable[[str], JobInfo], source: str,
+                problems: list[str] | None) -> list[JobInfo]:  # fmt: skip
+    """One JobInfo per non-empty line; a line that does not parse is reported and skipped,
+    never fatal for the batch."""
     rows: list[JobInfo] = []
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            rows.append(_squeue_row(line, tz))
-        except (ValueError, IndexError) as exc:
-            _report(problems, "squeue", line, exc)
+            rows.append(parse_row(line))
+        except (ValueError, IndexError, KeyError) as exc:
+            _report(problems, source, line, exc)
     return rows
+
+
+def parse_squeue(
+    text: str, *, tz: tzinfo | None = None, problems: list[str] | None = None
+) -> list[JobInfo]:
+    """Rows of ``squeue_argv()`` output. Unknown state words give ``state=None`` (not an
+    error); malformed lines are skipped and reported."""
+    return _parse_rows(text, lambda line: _squeue_row(line, tz), "squeue", problems)
 
 
 def _squeue_row(line: str, tz: tzinfo | None) -> JobInfo:
@@ -498,15 +505,7 @@ def parse_scontrol_show_job(
     """``scontrol -o show job`` output (one line per job, ``Key=Value`` separated by spaces;
     values such as Reason or Comment may contain spaces, so a key is only a word followed by
     ``=`` at the start or after a space)."""
-    rows: list[JobInfo] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(_scontrol_row(line, tz))
-        except (ValueError, KeyError) as exc:
-            _report(problems, "scontrol", line, exc)
-    return rows
+    return _parse_rows(text, lambda line: _scontrol_row(line, tz), "scontrol", problems)
 
 
 _KV = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")

@@ -498,6 +498,8 @@ class SSHTransport:
         self.stats.add(sftp_ops=n)
 
     def expand(self, remote: str) -> str:
+        if remote.startswith("/"):  # absolute: no need to learn $HOME (an SFTP round trip)
+            return expand_path(remote, "/")
         if self._home is None:
             def home(sftp: paramiko.SFTPClient) -> str:
                 self._op()
