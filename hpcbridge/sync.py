@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConflictError, HpcBridgeError, TransportError
 from .lifecycle import IN_FLIGHT, TERMINAL, WAITING, TaskState, plan_transition
 from .models import Attempt, JobInfo, Task
+from .slurm_states import map_state
 
 if TYPE_CHECKING:
     from .service import Service
@@ -29,13 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 S = TaskState
 
-# Slurm's name for the previous instance's end, as sacct -D shows it -> the interruption.
-REQUEUE_CAUSES = {
-    "NODE_FAIL": S.NODE_FAILED,
-    "BOOT_FAIL": S.NODE_FAILED,
-    "LAUNCH_FAILED": S.NODE_FAILED,
-    "PREEMPTED": S.PREEMPTED,
-}
+# The previous instance's end (sacct -D), read through the one state table, explains a
+# Slurm-side requeue when it is an interruption; REQUEUED (an admin) is not one.
+INTERRUPTIONS = frozenset({S.NODE_FAILED, S.PREEMPTED})
+
+
+def _with_nodes(excluded: tuple[str, ...], nodes: str) -> tuple[str, ...]:
+    """``excluded`` plus the comma-separated ``nodes``, in order, without repeats."""
+    return tuple(dict.fromkeys((*excluded, *nodes.split(","))))
 
 
 # How long a task may sit in created/staging before sync assumes its submitter is gone.
@@ -134,7 +136,7 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
                 break
             att = attempts[task.id]
             try:
-                _apply(service, task, att, infos.get(att.token), now, report)
+                _apply(service, task, att, infos.get(att.token), now)
             except ConflictError as exc:  # another process (kill, submit) moved it: next cycle
                 log.info("task %s: %s", task.id, exc)
             except HpcBridgeError as exc:
@@ -172,12 +174,11 @@ def _cycle(service: Service, cluster: str, report: SyncReport) -> None:
         report.submitted = len(due)
 
 
-def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now: float,
-           report: SyncReport) -> None:  # fmt: skip
+def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now: float) -> None:
     reg = service.registry
     policy = task.spec.retry
     if info is None:
-        _absent(service, task, att, now, report)
+        _absent(service, task, att, now)
         return
 
     # Attempt bookkeeping first: what Slurm says about the job, whatever its state.
@@ -232,7 +233,8 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
             return
     if info.restarts > att.restarts:
         afields["restarts"] = info.restarts
-        cause = REQUEUE_CAUSES.get(cause_raw or "")
+        mapped = map_state(cause_raw) if cause_raw else None
+        cause = mapped if mapped in INTERRUPTIONS else None
         what = cause_raw or "an unknown cause (no accounting row)"
         details.append(f"job {info.job_id} requeued by Slurm (restart {info.restarts}) after {what}")
         if cause is not None:
@@ -240,9 +242,7 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
                                    slurm_will_requeue=True)  # fmt: skip
             path.extend(plan.path)
             if cause == S.NODE_FAILED and att.nodes and policy.exclude_failed_nodes:
-                tfields["excluded_nodes"] = tuple(
-                    dict.fromkeys((*task.excluded_nodes, *att.nodes.split(",")))
-                )
+                tfields["excluded_nodes"] = _with_nodes(task.excluded_nodes, att.nodes)
             current = path[-1] if path else current
         else:  # e.g. REQUEUED: an admin's `scontrol requeue`, not an interruption
             reg.add_event(task.id, "info", details[-1], source=service.source, attempt=att.number)
@@ -272,7 +272,7 @@ def _apply(service: Service, task: Task, att: Attempt, info: JobInfo | None, now
     if plan.resubmit_after is not None:
         tfields["next_attempt_at"] = now + plan.resubmit_after
         if final == S.NODE_FAILED and policy.exclude_failed_nodes and info.nodes:
-            tfields["excluded_nodes"] = tuple(dict.fromkeys((*task.excluded_nodes, *info.nodes.split(","))))
+            tfields["excluded_nodes"] = _with_nodes(task.excluded_nodes, info.nodes)
     with reg.transaction() as conn:
         reg.update_attempt(task.id, att.number, afields, conn)
         prev = task.state
@@ -306,7 +306,7 @@ def _end_reason(info: JobInfo) -> str:
     return info.raw_state if not info.reason or info.reason == "None" else f"{info.raw_state} ({info.reason})"
 
 
-def _absent(service: Service, task: Task, att: Attempt, now: float, report: SyncReport) -> None:
+def _absent(service: Service, task: Task, att: Attempt, now: float) -> None:
     """The scheduler has no record of the attempt's job: never success; lost after a grace."""
     reg = service.registry
     cfg = service.config.cluster(task.cluster)

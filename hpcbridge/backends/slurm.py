@@ -14,7 +14,7 @@ import posixpath
 import re
 import shlex
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .. import slurm
@@ -364,6 +364,3 @@ class SlurmBackend:
 def _is_ours(row: JobInfo) -> bool:
     return slurm.token_from_comment(row.comment) is not None
 
-
-def job_ids(requests: Iterable[PollRequest]) -> list[str]:
-    return [r.job_id for r in requests if r.job_id]

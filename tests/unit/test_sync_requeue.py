@@ -13,7 +13,7 @@ from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Attempt, JobInfo, Task
 from hpcbridge.registry import Registry
 from hpcbridge.service import Service
-from hpcbridge.sync import REQUEUE_CAUSE_WAIT_SECONDS, SyncReport, _apply
+from hpcbridge.sync import REQUEUE_CAUSE_WAIT_SECONDS, _apply
 
 S = TaskState
 
@@ -38,7 +38,7 @@ def running_task(tmp_path: Path) -> tuple[Service, str]:
 def apply(svc: Service, tid: str, info: JobInfo, now: float) -> None:
     task = svc.registry.get_task(tid)
     att = svc.registry.current_attempts([tid])[tid]
-    _apply(svc, task, att, info, now, SyncReport("local"))
+    _apply(svc, task, att, info, now)
 
 
 def test_requeue_waits_for_its_cause_then_records_it(tmp_path: Path) -> None:
