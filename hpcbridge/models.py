@@ -263,6 +263,10 @@ class JobInfo:
     # Causes of earlier instances of this job id (sacct -D rows), oldest first, e.g.
     # ("NODE_FAIL", "PREEMPTED"): how Slurm-side requeues are explained.
     requeue_causes: tuple[str, ...] = ()
+    # The same causes mapped to lifecycle states where the scheduler's output is parsed
+    # (NODE_FAIL -> node_failed, PREEMPTED -> preempted; None for a cause that is no
+    # interruption, such as an admin's REQUEUED), so the sync cycle needs no Slurm words.
+    requeue_states: tuple[TaskState | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,7 @@ def test_sacct_requeue_folds_duplicates():
     # sacct 22.05 prints an empty Comment for the new instance; the parser carries it over.
     assert read("hpcb-sacct-requeued-running.txt").splitlines()[2].endswith("|")
     assert job.comment == "hpcb:tokrequeue"
+    assert job.requeue_states == (None,)  # an admin's requeue is no interruption
 
 
 def test_sacct_node_fail_and_preemption_requeues_real_captures():
@@ -213,6 +214,10 @@ def test_sacct_node_fail_and_preemption_requeues_real_captures():
         S.RUNNING, 1, ("NODE_FAIL",), "node2")
     pre = slurm.parse_sacct(colleague_sacct("hpcb-from-lab-sacct_preempt_requeue_rerun.txt"))
     assert pre["19"].requeue_causes == ("PREEMPTED",) and pre["19"].state is S.RUNNING
+    # The causes come mapped to lifecycle states where they are parsed: the cycle reads these.
+    assert nf.requeue_states == (S.NODE_FAILED,)
+    assert pre["19"].requeue_states == (S.PREEMPTED,)
+    assert pre["22"].requeue_states == ()
     assert pre["21"].state is S.QUEUED and pre["21"].requeue_causes == ("PREEMPTED",)
     assert pre["22"].state is S.SUCCEEDED and pre["22"].requeue_causes == ()
 
@@ -265,6 +270,7 @@ def test_merge_views_prefers_squeue_and_takes_causes_from_sacct():
     sa.update(slurm.parse_sacct(read("hpcb-sacct-requeued-running.txt")))
     merged = slurm.merge_views(sq, sa)
     assert merged["16"].source == "squeue" and merged["16"].requeue_causes == ("REQUEUED",)
+    assert merged["16"].requeue_states == (None,)
     assert merged["16"].restarts == 1 and merged["16"].comment == "hpcb:tokrequeue"
     assert merged["14"].source == "sacct" and merged["14"].exit_code == 3  # gone from squeue
 

@@ -166,7 +166,7 @@ def test_squeue_node_fail_and_scontrol_requeue_pend_with_restarts():
     held = squeue("squeue_requeuehold.txt")
     assert (held["73"].raw_state, held["73"].state, held["73"].restarts) == ("PENDING", S.QUEUED, 1)
     assert held["73"].reason == "job requeued in held state"
-    # SPECIAL_EXIT is a held requeue, not an end (see slurm_states)
+    # SPECIAL_EXIT is a held requeue, not an end (see hpcbridge.slurm.states)
     assert (held["74"].raw_state, held["74"].state, held["74"].restarts) == (
         "SPECIAL_EXIT", S.QUEUED, 1)
 

@@ -221,8 +221,8 @@ def test_script_body_runs_verbatim(tmp_path):
 
 def test_heredoc_delimiter_never_in_body():
     body = "x\n"
-    delim = slurm._heredoc_delimiter(body, "tok")
-    assert slurm._heredoc_delimiter(body + delim + "\n", "tok") != delim
+    delim = slurm.heredoc_delimiter(body, "tok")
+    assert slurm.heredoc_delimiter(body + delim + "\n", "tok") != delim
 
 
 @pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hpcbridge.lifecycle import TaskState as S
-from hpcbridge.slurm_states import (
+from hpcbridge.slurm import (
     COMPACT_CODES,
     FLAG_PRECEDENCE,
     STATE_TABLE,
     map_state,
     normalize_state,
+    requeue_state,
 )
 
 # JOB STATE CODES of `man squeue` (22.05.8 here, and the 24.11 page: the same 24 codes).
@@ -108,3 +109,15 @@ def test_completed_with_nonzero_exit_is_failed():
     assert map_state("COMPLETED", 3) == S.FAILED
     assert map_state("COMPLETED", 0, 9) == S.FAILED
     assert map_state("FAILED", 0) == S.FAILED
+
+
+def test_requeue_causes_map_to_interruptions_only():
+    """A Slurm-side requeue cause (an earlier instance's state in sacct -D) is an interruption
+    (node_failed, preempted) or nothing the cycle acts on."""
+    for name, state in STATE_TABLE.items():
+        expected = state if state in (S.NODE_FAILED, S.PREEMPTED) else None
+        assert requeue_state(name) == expected, name
+    assert requeue_state("NODE_FAIL") == S.NODE_FAILED
+    assert requeue_state("PREEMPTED") == S.PREEMPTED
+    assert requeue_state("REQUEUED") is None
+    assert requeue_state("BOGUS") is None

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from .lifecycle import TaskState
+from ..lifecycle import TaskState
 
 S = TaskState
 
@@ -172,3 +172,17 @@ def map_state(raw: str, exit_code: int | None = None, signal: int | None = None)
     if state is S.SUCCEEDED and ((exit_code or 0) != 0 or (signal or 0) != 0):
         return S.FAILED
     return state
+
+
+# Lifecycle states a Slurm-side requeue cause can mean: the job was interrupted, not ended.
+_INTERRUPTIONS = frozenset({S.NODE_FAILED, S.PREEMPTED})
+
+
+def requeue_state(cause: str) -> TaskState | None:
+    """The lifecycle state of a Slurm-side requeue cause (the state of an earlier instance of
+    the same job id in ``sacct --duplicates``): PREEMPTED -> preempted, NODE_FAIL, BOOT_FAIL,
+    LAUNCH_FAILED -> node_failed. None when the cause is no interruption of the job: an
+    admin's ``scontrol requeue`` (REQUEUED), a held requeue, a federation requeue, or a word
+    this table does not know."""
+    state = map_state(cause)
+    return state if state in _INTERRUPTIONS else None

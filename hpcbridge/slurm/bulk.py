@@ -1,0 +1,155 @@
+"""The bash scripts that batch many attempts into one exec, and their reports. Pure.
+
+* ``render_submit_script``: writes every job script and runs every ``sbatch`` in one round
+  trip; one ``HPCB <token> <rc> <stdout>`` line per job (plus ``HPCBERR <token> <base64>``
+  with sbatch's stderr when it failed). ``parse_submit_report`` reads those lines back.
+* ``render_marker_probe``: reads the marker files the job wrapper leaves in
+  ``<work_dir>/.hpcbridge/<attempt>/`` for many attempts at once; ``parse_marker_report``.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..lifecycle import TaskState
+from ..models import JobInfo
+
+_LINE = re.compile(r"^HPCB (\S+) (\d+) (.*)$")
+_ERR = re.compile(r"^HPCBERR (\S+) (\S*)$")
+_MARK = re.compile(r"^HPCBMARK (\S+) (\S+) (.*)$")
+
+# sbatch errors after which the job may exist anyway (the RPC reached slurmctld and the reply
+# was lost) or that are plainly temporary: the outcome is "unknown", resolved by token.
+_UNCERTAIN = re.compile(
+    r"socket timed out|unable to contact slurm controller|temporarily unable|"
+    r"connection refused|communication connection failure|slurm_persist_conn|"
+    r"transient|try again|resource temporarily unavailable|zero bytes were transmitted",
+    re.I,
+)
+
+# The marker files the probe reads (the wrapper writes them; see script.py).
+MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node")
+
+
+def marker_dir(work_dir: str, attempt: int) -> str:
+    """Where the wrapper of ``attempt`` keeps its markers, job script and sbatch stderr."""
+    return posixpath.join(work_dir, ".hpcbridge", str(int(attempt)))
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """One job of a submission script: its token, its marker dir, the rendered job script."""
+
+    token: str
+    dir: str
+    script: str
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    """What the submission script printed, per token: sbatch's exit status and stdout (one
+    line) and, when it failed, the start of its stderr. A token with no status line: the
+    script stopped before that job (sbatch may or may not have run)."""
+
+    status: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lanes: int) -> str:
+    """One bash script that submits every job and reports one line per token.
+
+    Per job it forks once (the ``$(sbatch ...)``): the job script is written by the
+    ``printf`` builtin from a single-quoted literal (nothing inside is expanded), kept as
+    ``.hpcbridge/<attempt>/job.sh`` for the record, and each ``sbatch`` runs on its own,
+    so one bad task fails alone. Error text is base64'd so it stays on one line.
+    sbatch is given the file, not stdin: measured here, 100 sbatch from stdin took 1.35 s
+    against 0.82 s for the same script as a path. ``sbatch`` is the argv of the command
+    (``sbatch_argv()``); ``lanes`` background subshells share the jobs."""
+    cmd = shlex.join(sbatch)
+    lanes = max(1, min(lanes, len(jobs)))
+    # Each lane is a background subshell submitting its share in order and writing its
+    # report lines to its own file (no interleaving); the files are printed at the end.
+    lines = ["set -u", "umask 077", "mkdir -p -- " + " ".join(shlex.quote(j.dir) for j in jobs),
+             "__out=$(mktemp -d) || exit 70", "trap 'rm -rf \"$__out\"' EXIT"]  # fmt: skip
+    per_lane: list[list[str]] = [[] for _ in range(lanes)]
+    for k, job in enumerate(jobs):
+        tok = shlex.quote(job.token)
+        per_lane[k % lanes].append(
+            f"d={shlex.quote(job.dir)}; "
+            f"if printf %s {shlex.quote(job.script)} > \"$d/job.sh\"; then "
+            f"o=$({cmd} \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
+            f"else o='cannot write the job script'; r=255; fi; "
+            f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"${{o//$'\\n'/ }}\"; "
+            f"if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' {tok} "
+            f"\"$(head -c 3000 \"$d/sbatch.err\" 2>/dev/null | base64 -w0)\"; fi"
+        )
+    for n, body in enumerate(per_lane):
+        lines.append("(")
+        lines.extend(body)
+        lines.append(f') > "$__out/{n}" 2>&1 &')
+    lines += ["wait", 'cat "$__out"/*']
+    return "\n".join(lines) + "\n"
+
+
+def parse_submit_report(stdout: str) -> SubmitReport:
+    """The HPCB / HPCBERR lines of a submission script's output; other lines are ignored."""
+    status: dict[str, tuple[int, str]] = {}
+    errors: dict[str, str] = {}
+    for line in stdout.splitlines():
+        if m := _LINE.match(line):
+            status[m[1]] = (int(m[2]), m[3])
+        elif m := _ERR.match(line):
+            try:
+                errors[m[1]] = base64.b64decode(m[2]).decode(errors="replace")
+            except ValueError:
+                errors[m[1]] = m[2]
+    return SubmitReport(status, errors)
+
+
+def sbatch_outcome_uncertain(stderr: str) -> bool:
+    """True when a failed sbatch may still have created the job (a lost reply, a timeout) or
+    failed for a plainly temporary reason: the outcome is unknown and is resolved by token."""
+    return bool(_UNCERTAIN.search(stderr))
+
+
+def render_marker_probe(dirs: Mapping[str, str]) -> str:
+    """A script printing ``HPCBMARK <token> <file> <first line>`` for every marker file
+    present in each token's marker dir (``dirs``: token -> marker dir)."""
+    names = " ".join(MARKER_FILES)
+    lines = ["set -u"]
+    for token, d in dirs.items():
+        lines.append(f"d={shlex.quote(d)}; for f in {names}; do "
+                     f"[ -f \"$d/$f\" ] && printf 'HPCBMARK %s %s %s\\n' {shlex.quote(token)} "
+                     f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; true")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def parse_marker_report(stdout: str) -> dict[str, dict[str, str]]:
+    """token -> {marker file: value} from a marker probe's output."""
+    marks: dict[str, dict[str, str]] = {}
+    for line in stdout.splitlines():
+        if m := _MARK.match(line):
+            marks.setdefault(m[1], {})[m[2]] = m[3].strip()
+    return marks
+
+
+def job_from_markers(job_id: str, marks: Mapping[str, str]) -> JobInfo | None:
+    """The end of a job as its wrapper recorded it, or None when it recorded none. Only an
+    ``exit_code`` marker ends a job: a ``started`` marker alone says nothing about now."""
+    code = marks.get("exit_code")
+    if code is None or not code.lstrip("-").isdigit():
+        return None
+    rc = int(code)
+    started = marks.get("started")
+    return JobInfo(
+        job_id=job_id, raw_state=f"exit_code marker {rc}", source="marker",
+        state=TaskState.SUCCEEDED if rc == 0 else TaskState.FAILED,
+        exit_code=rc if rc < 128 else None, signal=rc - 128 if rc > 128 else None,
+        nodes=marks.get("node"),
+        start_time=float(started) if started and started.isdigit() else None,
+    )  # fmt: skip
