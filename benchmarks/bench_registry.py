@@ -54,13 +54,16 @@ def state_for(i: int) -> str:
 def build(db: Path, cfg: Path, n: int, batch: int = 5000) -> dict[str, Any]:
     from hpcbridge.config import load_config
     from hpcbridge.models import Task, new_task_id, new_token
-    from hpcbridge.registry import _TASK_COLUMNS, Registry
+    from hpcbridge.options import SubmitOptions, build_spec
+    from hpcbridge.registry import Registry
+    from hpcbridge.runtime import Runtime
+    from hpcbridge.schema import TASK_COLUMNS as _TASK_COLUMNS
     from hpcbridge.service import Service
 
     reg = Registry(db)
-    svc = Service(load_config(cfg), reg, source="bench")
-    spec, _ = svc.build_spec(command=["python3", "heat2d.py", "--nx", "16"], cluster="lab",
-                             outputs=["result.json"])  # fmt: skip
+    svc = Service(Runtime(load_config(cfg), reg, source="bench"))
+    spec, _ = build_spec(SubmitOptions(command=("python3", "heat2d.py", "--nx", "16"),
+                                        outputs=("result.json",)), svc.cluster("lab"))  # fmt: skip
     spec_json = json.dumps(spec.to_dict())
     now = time.time()
     t0 = time.perf_counter()
@@ -77,7 +80,7 @@ def build(db: Path, cfg: Path, n: int, batch: int = 5000) -> dict[str, Any]:
                           created + 50 if done else None, created + 51 if st == "succeeded" else None,
                           1, (0 if st == "succeeded" else 1) if done else None, None, None,
                           f"/home/{C.LAB_USER}/hpcbridge/bench-reg/{tid}", str(db.parent / "o" / tid),
-                          "[]", 0))  # fmt: skip
+                          "[]", 0, None, None))  # fmt: skip
             attempts.append((tid, 1, new_token(), st, str(9_000_000 + i), created + 1, created + 1,
                              now - 10))  # fmt: skip
             upto = {"queued": 4, "running": 5}.get(st, 6)
@@ -88,7 +91,7 @@ def build(db: Path, cfg: Path, n: int, batch: int = 5000) -> dict[str, Any]:
                 events.append((tid, created + k, "state", "api" if k < 4 else "daemon",
                                frm if to else None, to_state, 1 if k >= 2 else None, detail))  # fmt: skip
         with reg.transaction() as c:
-            c.executemany(f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})", tasks)
+            c.executemany(f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 22)})", tasks)
             c.executemany("INSERT INTO attempts (task_id, number, token, state, job_id, created_at,"
                           " submitted_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempts)  # fmt: skip
             c.executemany("INSERT INTO events (task_id, at, kind, source, from_state, to_state,"
@@ -166,10 +169,10 @@ def sync_registry_work(db: Path, repeats: int) -> dict[str, Any]:
     queued = [t.id for t in tasks if t.state == S.QUEUED][:20]
     t0 = time.perf_counter()
     for tid in queued:
-        with reg.transaction() as c:
-            reg.update_attempt(tid, 1, {"last_seen_at": time.time(), "state": S.RUNNING}, c)
+        with reg.transaction():
+            reg.update_attempt(tid, 1, {"last_seen_at": time.time(), "state": S.RUNNING})
             reg.transition(tid, S.QUEUED, S.RUNNING, source="bench", attempt=1,
-                           detail="attempt 1: job RUNNING", fields={"started_at": time.time()}, conn=c)  # fmt: skip
+                           detail="attempt 1: job RUNNING", fields={"started_at": time.time()})  # fmt: skip
     tr = (time.perf_counter() - t0) / max(1, len(queued))
     gets = _median_time(lambda: [reg.get_task(t) for t in ids[:1000]], repeats)
     plans = {}

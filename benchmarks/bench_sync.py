@@ -55,12 +55,14 @@ def build_registry(db: Path, cfg: Path, n: int, inflight_frac: float, variant: s
     from hpcbridge.config import load_config
     from hpcbridge.lifecycle import TaskState as S
     from hpcbridge.models import Attempt, Task, new_task_id, new_token
+    from hpcbridge.options import SubmitOptions, build_spec
     from hpcbridge.registry import Registry
+    from hpcbridge.runtime import Runtime
     from hpcbridge.service import Service
 
     reg = Registry(db)
-    svc = Service(load_config(cfg), reg, source="bench")
-    spec, _ = svc.build_spec(command=["true"], cluster="lab")
+    svc = Service(Runtime(load_config(cfg), reg, source="bench"))
+    spec, _ = build_spec(SubmitOptions(command=("true",)), svc.cluster("lab"))
     n_inflight = int(round(n * inflight_frac))
     now = time.time()
     t0 = time.perf_counter()
@@ -93,10 +95,10 @@ def build_registry(db: Path, cfg: Path, n: int, inflight_frac: float, variant: s
 def measure(db: Path, cfg: Path, cycles: int, profile: str | None) -> dict[str, Any]:
     from hpcbridge.config import load_config
     from hpcbridge.registry import Registry
+    from hpcbridge.runtime import Runtime
     from hpcbridge.service import Service
-    from hpcbridge.sync import sync_cluster
 
-    svc = Service(load_config(cfg), Registry(db), source="bench")
+    svc = Service(Runtime(load_config(cfg), Registry(db), source="bench"))
     backend = svc.backend("lab")
     transport = backend.transport  # type: ignore[attr-defined]
     conn = svc.registry.conn
@@ -104,7 +106,7 @@ def measure(db: Path, cfg: Path, cycles: int, profile: str | None) -> dict[str, 
     def one() -> dict[str, Any]:
         cmd0, rt0, ch0 = backend.commands, transport.stats.round_trips, conn.total_changes  # type: ignore[attr-defined]
         c0, t0 = time.process_time(), time.perf_counter()
-        rep = sync_cluster(svc, "lab")
+        rep = svc.sync_cluster("lab")
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return {
             "wall_s": wall, "cpu_s": cpu, "polled": rep.polled, "changes": len(rep.changes),

@@ -14,41 +14,39 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequenc
 from pathlib import Path
 from typing import Any
 
+from .cycle import SyncReport
+from .errors import UsageError
 from .lifecycle import TaskState
 from .models import Attempt, Event
 from .models import Task as TaskRecord
 from .service import Service
 
-# Imported eagerly on purpose: the first import of the ``hpcbridge.sync`` submodule binds the
-# package attribute ``hpcbridge.sync`` to the module, which (when it happened lazily inside a
-# call) replaced the public ``hpcbridge.sync()`` function re-exported by ``__init__``. Loading it
-# here, before ``__init__`` binds the function, keeps ``hpcbridge.sync`` the function.
-from .sync import sync_all as _sync_all
-
 _lock = threading.Lock()
 _explicit: dict[str, str | None] = {}
-_services: dict[tuple[str | None, str | None], Service] = {}
+# One Service per thread and (config, registry): an SQLite connection belongs to the thread
+# that opened it, and a Task handle may be used from any thread.
+_local = threading.local()
 
 
 def configure(*, config: str | os.PathLike[str] | None = None,
               db: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
-    """Use this config file / registry for the API calls of this process."""
+    """Use this config file / registry for the API calls of this process (every thread)."""
     with _lock:
         _explicit["config"] = str(config) if config else None
         _explicit["db"] = str(db) if db else None
 
 
 def _service() -> Service:
-    key = (
-        _explicit.get("config") or os.environ.get("HPCBRIDGE_CONFIG"),
-        _explicit.get("db") or os.environ.get("HPCBRIDGE_DB"),
-    )
     with _lock:
-        svc = _services.get(key)
-        if svc is None:
-            svc = Service.open(key[0], key[1], source="api")
-            _services[key] = svc
-        return svc
+        key = (
+            _explicit.get("config") or os.environ.get("HPCBRIDGE_CONFIG"),
+            _explicit.get("db") or os.environ.get("HPCBRIDGE_DB"),
+        )
+    services: dict[tuple[str | None, str | None], Service] = _local.__dict__.setdefault("services", {})
+    svc = services.get(key)
+    if svc is None:
+        svc = services[key] = Service.open(key[0], key[1], source="api")
+    return svc
 
 
 class _Metadata(MutableMapping[str, str]):
@@ -89,8 +87,13 @@ class Task:
     """A handle on one task by id (a unique prefix is accepted). Cheap; holds no state."""
 
     def __init__(self, task_id: str, *, service: Service | None = None) -> None:
-        self._svc = service or _service()
+        self._own = service
         self.id = self._svc.resolve(task_id)
+
+    @property
+    def _svc(self) -> Service:
+        # The calling thread's service unless one was given: the handle works from any thread.
+        return self._own if self._own is not None else _service()
 
     def __repr__(self) -> str:
         return f"Task({self.id!r})"
@@ -131,9 +134,7 @@ class Task:
 
     def info(self) -> dict[str, Any]:
         """Everything known: state, spec, timings, metadata, attempts and events."""
-        from .report import task_info
-
-        return task_info(self.record(), self.attempts(), self.events())
+        return self._svc.info(self.id)
 
     def attempts(self) -> list[Attempt]:
         """Every attempt (one scheduler job each: job id, nodes, exit code, timings), oldest first."""
@@ -144,13 +145,14 @@ class Task:
         return self._svc.registry.events(self.id)
 
     def wait(self, timeout: float | None = None) -> TaskState:
-        """Block until the task ends; return its final state. TimeoutError if it does not."""
+        """Block until the task ends; return its final state. Raises WaitTimeout (a
+        TimeoutError) if it does not end within ``timeout`` seconds."""
         return self._svc.wait([self.id], timeout=timeout)[0].state
 
     def kill(self) -> TaskState:
         """Cancel the task; returns the state right after asking (``cancelled`` once the
         scheduler confirms, which ``wait`` or ``sync`` will see)."""
-        return self._svc.kill([self.id])[0].state
+        return self._svc.kill([self.id])[0].task.state
 
     def logs(self, stream: str = "stdout", tail: int | None = None) -> str:
         """The latest attempt's ``"stdout"`` or ``"stderr"`` text (only the last ``tail`` lines
@@ -176,22 +178,16 @@ def submit(command: Sequence[str] | None = None, *, script: str | None = None,
     gres, partition, account, qos, sbatch_options, signal, env, max_attempts, retry_on,
     requeue, exclude_failed_nodes."""
     spec = dict(command=command, script=script, cluster=cluster, name=name,
-                inputs=[str(i) for i in inputs], outputs=list(outputs), metadata=metadata, **options)  # fmt: skip
+                inputs=list(inputs), outputs=list(outputs), metadata=metadata, **options)  # fmt: skip
     svc = _service()
-    return Task(svc.submit(**spec).id, service=svc)
+    return Task(svc.submit(**spec).id)
 
 
 def submit_many(specs: Iterable[Mapping[str, Any]]) -> list[Task]:
     """Submit many tasks in one go (one submission round trip per cluster). Each spec takes
     the keywords of ``submit``. All specs are validated before anything is registered."""
     svc = _service()
-    prepared = []
-    for spec in specs:
-        d = dict(spec)
-        if "inputs" in d:
-            d["inputs"] = [str(i) for i in d["inputs"]]
-        prepared.append(d)
-    return [Task(t.id, service=svc) for t in svc.submit_many(prepared)]
+    return [Task(t.id) for t in svc.submit_many(list(specs))]
 
 
 def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None, *,
@@ -204,11 +200,9 @@ def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None,
         try:
             states = [TaskState(s) for s in items]
         except ValueError as exc:
-            from .errors import UsageError
-
             raise UsageError(f"unknown task state: {exc}",
                              hint=f"states: {', '.join(s.value for s in TaskState)}") from None  # fmt: skip
-    return [Task(t.id, service=svc) for t in svc.list_tasks(states=states, cluster=cluster, limit=limit)]
+    return [Task(t.id) for t in svc.list_tasks(states=states, cluster=cluster, limit=limit)]
 
 
 def wait_all(tasks: Iterable[Task | str], timeout: float | None = None) -> list[TaskState]:
@@ -218,6 +212,6 @@ def wait_all(tasks: Iterable[Task | str], timeout: float | None = None) -> list[
     return [t.state for t in svc.wait(ids, timeout=timeout)]
 
 
-def sync(cluster: str | None = None) -> list[Any]:
-    """Run one sync cycle (all clusters with active tasks, or one)."""
-    return _sync_all(_service(), [cluster] if cluster else None)
+def sync(cluster: str | None = None) -> list[SyncReport]:
+    """Run one sync cycle (all clusters with active tasks, or one); one report per cluster."""
+    return _service().sync([cluster] if cluster else None)

@@ -11,16 +11,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import HpcBridgeError, UsageError
-from .lifecycle import TaskState
+from .errors import HpcBridgeError, UsageError, WaitTimeout
+from .lifecycle import RETRYABLE_NAMES, TaskState
 from .models import Task
-from .report import duration, format_info, iso, task_info, task_summary
+from .options import SubmitOptions, option_fields
+from .report import duration, format_info, iso, task_summary
 from .service import Service
 
 EXIT_ERROR = 1
@@ -35,10 +36,7 @@ class _Group(click.Group):
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
-            ctx.exit(EXIT_ERROR)
-        except TimeoutError as exc:
-            click.echo(f"timeout: {exc}", err=True)
-            ctx.exit(EXIT_TIMEOUT)
+            ctx.exit(EXIT_TIMEOUT if isinstance(exc, WaitTimeout) else EXIT_ERROR)
 
 
 def _service(ctx: click.Context) -> Service:
@@ -82,84 +80,106 @@ def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+# CLI spellings of SubmitOptions' fields where they differ from `--field-name`.
+_FLAGS: dict[str, tuple[str, ...]] = {
+    "cluster": ("--cluster", "-c"), "name": ("--name", "-n"), "inputs": ("--input", "-i"),
+    "outputs": ("--output", "-o"), "metadata": ("--meta", "-m"), "env": ("--env", "-e"),
+    "time": ("--time", "-t"), "partition": ("--partition", "-p"), "account": ("--account", "-A"),
+    "sbatch_options": ("--sbatch-option",),
+}  # fmt: skip
+_NOT_OPTIONS = ("command", "script")  # the argument after `--`, and --script FILE
+
+
+def _submit_options(fn: Any) -> Any:
+    """One click option per SubmitOptions field: names, types and help come from there."""
+    for f in reversed(option_fields()):
+        if f.name in _NOT_OPTIONS:
+            continue
+        kind, help_text = f.metadata["kind"], f.metadata["help"]
+        flags = _FLAGS.get(f.name, ("--" + f.name.replace("_", "-"),))
+        kw: dict[str, Any] = {"help": help_text}
+        if kind == "bool":
+            flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
+            kw["default"] = None
+        elif kind in ("list of str", "map of str to str"):
+            kw["multiple"] = True
+        elif kind == "int":
+            kw["type"] = int
+        if f.name == "inputs":
+            kw["type"] = click.Path(exists=True)
+        if f.name == "retry_on":
+            kw["type"] = click.Choice(sorted(RETRYABLE_NAMES))
+        fn = click.option(*flags, f.name, **kw)(fn)
+    return fn
+
+
+def _given(kw: Mapping[str, Any]) -> dict[str, Any]:
+    """The options the user gave, as SubmitOptions values (k=v pairs parsed)."""
+    out: dict[str, Any] = {}
+    for f in option_fields():
+        value = kw.get(f.name)
+        if value is None or value == ():
+            continue
+        if f.metadata["kind"] == "map of str to str":
+            value = _parse_pairs(value, "--" + ("meta" if f.name == "metadata" else f.name))
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _read_from_file(from_file: Any, defaults: Mapping[str, Any]) -> list[SubmitOptions]:
+    specs = []
+    for lineno, line in enumerate(from_file, 1):
+        if not line.strip():
+            continue
+        where = f"{from_file.name}:{lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where}: not JSON: {exc.msg}") from None
+        specs.append(SubmitOptions.from_mapping(data, where=where).with_defaults(
+            **SubmitOptions.from_mapping(defaults).__dict__))  # fmt: skip
+    if not specs:
+        raise UsageError(f"{from_file.name}: no tasks in the file",
+                         hint="one JSON object per line, with submit's option names as keys")  # fmt: skip
+    return specs
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
-@click.option("--cluster", "-c", help="Cluster name from the config (default: its default_cluster).")
-@click.option("--name", "-n", help="A name for the task.")
-@click.option("--input", "-i", "inputs", multiple=True, type=click.Path(exists=True),
-              help="File or directory copied into the task's work dir (repeatable).")  # fmt: skip
-@click.option("--output", "-o", "outputs", multiple=True,
-              help="Glob (relative to the work dir) of outputs to bring back (repeatable).")  # fmt: skip
-@click.option("--meta", "-m", "meta", multiple=True, help="Metadata key=value (repeatable).")
-@click.option("--env", "-e", "env", multiple=True, help="Environment variable NAME=value for the job.")
-@click.option("--time", "-t", "time_", help="Time limit, Slurm syntax (e.g. 10, 01:00:00).")
-@click.option("--cpus", type=int, help="CPUs per task.")
-@click.option("--mem", help="Memory, e.g. 500M or 4G.")
-@click.option("--partition", "-p", help="Slurm partition.")
-@click.option("--account", "-A", help="Slurm account.")
-@click.option("--qos", help="Slurm QOS.")
-@click.option("--gres", help="Generic resources, e.g. gpu:1.")
-@click.option("--signal", "signal_", help="Checkpoint signal before the time limit, e.g. B:USR1@60.")
-@click.option("--sbatch-option", "sbatch_options", multiple=True,
-              help="Extra sbatch option, e.g. --constraint=fast (repeatable).")  # fmt: skip
-@click.option("--max-attempts", type=int, help="Attempts allowed (resubmissions after preemption/node failure).")
-@click.option("--retry-on", multiple=True,
-              type=click.Choice(["preempted", "node_failed", "failed", "timed_out", "out_of_memory", "lost"]),
-              help="Outcome that earns a new attempt (repeatable; default preempted + node_failed).")  # fmt: skip
-@click.option("--requeue/--no-requeue", default=None, help="Let Slurm requeue the job itself.")
+@_submit_options
 @click.option("--script", "script_file", type=click.Path(exists=True, dir_okay=False),
               help="Run this bash script instead of a command.")  # fmt: skip
 @click.option("--from-file", "from_file", type=click.File("r"),
-              help="Submit many tasks: JSON lines, one spec per line with submit's keywords.")  # fmt: skip
+              help="Submit many tasks: JSON lines, one spec per line with submit's option names "
+                   "(options given here are defaults for every line).")  # fmt: skip
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task(s) to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task record(s) as JSON.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def submit(ctx: click.Context, cluster: str | None, name: str | None, inputs: tuple[str, ...],
-           outputs: tuple[str, ...], meta: tuple[str, ...], env: tuple[str, ...], time_: str | None,
-           cpus: int | None, mem: str | None, partition: str | None, account: str | None,
-           qos: str | None, gres: str | None, signal_: str | None, sbatch_options: tuple[str, ...],
-           max_attempts: int | None, retry_on: tuple[str, ...], requeue: bool | None,
-           script_file: str | None, from_file: Any, wait_: bool, as_json: bool,
-           command: tuple[str, ...]) -> None:  # fmt: skip
+def submit(ctx: click.Context, script_file: str | None, from_file: Any, wait_: bool,
+           as_json: bool, command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Submit a task: hpcbridge submit [OPTIONS] -- COMMAND [ARGS]...
 
     The command runs without a shell: its arguments arrive exactly as given. The new task id
     is printed alone on the last line of stdout.
     """
     svc = _service(ctx)
+    given = _given(options)
     if from_file is not None:
         if command or script_file:
             raise UsageError("--from-file takes no command or --script")
-        specs = []
-        for lineno, line in enumerate(from_file, 1):
-            if not line.strip():
-                continue
-            try:
-                spec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{from_file.name}:{lineno}: not JSON: {exc.msg}") from None
-            if not isinstance(spec, dict):
-                raise UsageError(f"{from_file.name}:{lineno}: each line must be a JSON object")
-            spec.setdefault("cluster", cluster)
-            specs.append(spec)
-        tasks = svc.submit_many(specs)
+        tasks = svc.submit_many(_read_from_file(from_file, given))
     else:
         if bool(command) == bool(script_file):
             raise UsageError("give a command after -- or --script FILE (one of them)")
-        spec = dict(
-            command=list(command) or None,
-            script=Path(script_file).read_text(encoding="utf-8") if script_file else None,
-            cluster=cluster, name=name, inputs=list(inputs), outputs=list(outputs),
-            metadata=_parse_pairs(meta, "--meta"), env=_parse_pairs(env, "--env"),
-            time=time_, cpus=cpus, mem=mem, partition=partition, account=account, qos=qos,
-            gres=gres, signal=signal_, sbatch_options=list(sbatch_options),
-            max_attempts=max_attempts, retry_on=list(retry_on) or None, requeue=requeue,
-        )  # fmt: skip
-        tasks = [svc.submit(**spec)]
+        if command:
+            given["command"] = list(command)
+        else:
+            given["script"] = Path(str(script_file)).read_text(encoding="utf-8")
+        tasks = [svc.submit(**given)]
     if wait_:
         tasks = svc.wait([t.id for t in tasks], on_progress=_progress_printer())
     if as_json:
-        out = [task_info(t, svc.registry.attempts(t.id), svc.registry.events(t.id)) for t in tasks]
+        out = [svc.info(t.id) for t in tasks]
         click.echo(json.dumps(out if len(out) > 1 or from_file else out[0], indent=2))
         if wait_ and any(t.state != TaskState.SUCCEEDED for t in tasks):
             ctx.exit(EXIT_ERROR)  # same exit status with or without --json
@@ -231,9 +251,7 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
 @click.pass_context
 def tasks_info(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """State, attempts (job ids, nodes, exit codes), timings, metadata and event history."""
-    svc = _service(ctx)
-    task = svc.get(task_id)
-    info = task_info(task, svc.registry.attempts(task.id), svc.registry.events(task.id))
+    info = _service(ctx).info(task_id)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
@@ -242,9 +260,16 @@ def tasks_info(ctx: click.Context, task_id: str, as_json: bool) -> None:
 @click.pass_context
 def tasks_kill(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
     """Cancel tasks (scancel for Slurm jobs; confirmed by the scheduler)."""
-    for t in _service(ctx).kill(list(task_ids)):
-        note = "" if t.state.terminal else " (cancel requested; waiting for the scheduler)"
-        click.echo(f"{t.id} {t.state.value}{note}")
+    failed = False
+    for r in _service(ctx).kill(list(task_ids)):
+        if r.task.state.terminal or not r.recorded:
+            note = f" ({r.note})" if r.note and not r.recorded else ""
+        else:
+            note = " (cancel requested; waiting for the scheduler)"
+        failed |= not r.recorded and not r.task.state.terminal
+        click.echo(f"{r.task.id} {r.task.state.value}{note}")
+    if failed:
+        ctx.exit(EXIT_ERROR)
 
 
 @tasks.command("wait")
@@ -296,29 +321,13 @@ def tasks_download(ctx: click.Context, task_id: str, dest: str | None) -> None:
 def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, attempt: int | None,
          follow: bool) -> None:  # fmt: skip
     """Print a task's stdout (or stderr), read where the job runs."""
-    from .sync import sync_cluster
-
     svc = _service(ctx)
     stream = "stderr" if stderr_ else "stdout"
     if not follow:
         click.echo(svc.logs(task_id, stream=stream, tail=tail, attempt=attempt), nl=False)
         return
-    task = svc.get(task_id)
-    # Follow: remember the whole text printed so far and print only what was appended.
-    seen = svc.logs(task.id, stream=stream, attempt=attempt)
-    shown = seen if tail is None else "".join(seen.splitlines(keepends=True)[-tail:] if tail else [])
-    click.echo(shown, nl=False)
-    while True:
-        done = svc.get(task.id).state.terminal
-        if not done:
-            time.sleep(1.0 if svc.cluster(task.cluster).backend == "local" else 3.0)
-            sync_cluster(svc, task.cluster)
-        now = svc.logs(task.id, stream=stream, attempt=attempt)
-        # A new attempt or a truncated file starts over: print it whole.
-        click.echo(now[len(seen):] if now.startswith(seen) else now, nl=False)
-        seen = now
-        if done:
-            break
+    for chunk in svc.follow_logs(task_id, stream=stream, tail=tail, attempt=attempt):
+        click.echo(chunk, nl=False)
 
 
 # ---------------------------------------------------------------------------- sync / daemon
@@ -329,9 +338,7 @@ def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, atte
 def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
     """One sync cycle: poll jobs, apply state changes, retry, fetch outputs, submit what is
     due. Safe to run from cron: an overlapping run exits 0 at once."""
-    from .sync import sync_all
-
-    reports = sync_all(_service(ctx), list(clusters) or None)
+    reports = _service(ctx).sync(list(clusters) or None)
     failed = False
     for r in reports:
         if r.skipped:

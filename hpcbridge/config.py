@@ -77,6 +77,8 @@ class ClusterConfig:
     # sbatch calls run this many at a time inside the one submission script (slurmctld
     # serves RPCs on several threads; measured here 4 lanes ~2x a serial loop).
     submit_parallelism: int = 4
+    # A success whose declared outputs matched no file fails (default: succeeds, with a warning).
+    require_outputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "commands_per_minute": (int, float),
     "cycle_timeout": (int, float),
     "submit_parallelism": int,
+    "require_outputs": bool,
     "retry": dict,
 }
 _RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -153,6 +156,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason})",
+            hint="TOML files are UTF-8; re-save the file with that encoding",
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
     return _apply_env(parse_config(data, file))

@@ -13,7 +13,6 @@ from types import FrameType
 
 from .errors import HpcBridgeError
 from .service import Service
-from .sync import sync_all
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ def run_daemon(service: Service, *, interval: float, clusters: list[str] | None 
     def handle(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping after the current cycle", signal.Signals(signum).name)
         stop.set()
+        service.runtime.stop.set()  # a budget wait ends at once
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     failures: dict[str, int] = {}
@@ -39,7 +39,7 @@ def run_daemon(service: Service, *, interval: float, clusters: list[str] | None 
             now = time.monotonic()
             due = [c for c in names if next_try.get(c, 0.0) <= now]
             try:
-                for report in sync_all(service, due) if due else []:
+                for report in service.sync(due) if due else []:
                     for tid, old, new in report.changes:
                         log.info("task %s: %s -> %s", tid, old, new)
                     if report.unreachable:

@@ -1,8 +1,33 @@
 """One error tree for hpcbridge.
 
 Every error carries the evidence (what was tried, what came back) and, where there is one, the
-fix. ``transient`` tells callers (the sync cycle, the daemon) whether trying again later may
-succeed without anybody changing anything; a transient error must never change a task's state.
+fix (``hint``). ``transient`` tells callers (the sync cycle, the daemon) whether trying again
+later may succeed without anybody changing anything; a transient error must never change a
+task's state. The tree (``*`` = transient)::
+
+    HpcBridgeError
+    ├── ConfigError                 the config file or environment is invalid
+    ├── UsageError                  an argument to the API or CLI is invalid
+    ├── TaskNotFound                no task has this id or id prefix
+    ├── AmbiguousTaskId             an id prefix matches several tasks
+    ├── IllegalTransition           the lifecycle forbids a state change (a bug or a race)
+    ├── ConflictError *             a compare-and-set lost a race: re-read and retry
+    ├── WaitTimeout                 a wait ended before the tasks did (also a TimeoutError)
+    ├── RegistryError               the SQLite registry cannot be opened or written
+    │   └── RegistryBusy *          ... it stayed locked beyond the busy timeout
+    ├── TransportError *            the cluster could not be reached
+    │   ├── HostKeyError            unknown or changed host key (never retried blindly)
+    │   ├── AuthenticationError     credentials refused
+    │   ├── SchedulerUnavailable *  the host answered, its scheduler did not
+    │   └── CommandTimeout *        a command did not finish in time: outcome unknown
+    ├── CommandFailed               a command ran and exited non-zero
+    │   └── SchedulerError          the scheduler rejected a request
+    ├── ParseError                  scheduler output that could not be understood
+    └── BackendError                any other backend failure
+
+``RemoteFileError`` (and its ``RemoteFileNotFound``), raised by the transports' file
+operations, is both an ``HpcBridgeError`` and an ``OSError``; it lives in
+``hpcbridge.transport``.
 """
 
 from __future__ import annotations
@@ -62,10 +87,8 @@ class RegistryBusy(RegistryError):
     transient = True
 
 
-class LockHeld(HpcBridgeError):
-    """Another hpcbridge process holds the sync lock for this cluster."""
-
-    transient = True
+class WaitTimeout(HpcBridgeError, TimeoutError):
+    """``wait`` gave up before every task finished; the tasks keep running."""
 
 
 class TransportError(HpcBridgeError):
@@ -146,9 +169,3 @@ class ParseError(HpcBridgeError):
 
 class BackendError(HpcBridgeError):
     """A backend operation failed for a reason that is not a transport or command failure."""
-
-
-class FetchError(HpcBridgeError):
-    """Outputs could not be fetched (transient unless the remote files are gone)."""
-
-    transient = True

@@ -21,6 +21,7 @@ class TaskState(enum.StrEnum):
     STAGING = "staging"  # inputs being uploaded
     SUBMITTING = "submitting"  # intent recorded, sbatch outcome not yet known
     QUEUED = "queued"  # the scheduler knows the job, not running yet
+    HELD = "held"  # the job waits at the scheduler but will not start until released
     RUNNING = "running"
     SUSPENDED = "suspended"  # suspended or stopped by the scheduler
     COMPLETING = "completing"  # job ended, epilogue still running
@@ -55,7 +56,7 @@ TERMINAL: frozenset[TaskState] = frozenset(
 )
 # States in which the current attempt has (or may have) a job at the scheduler.
 IN_FLIGHT: frozenset[TaskState] = frozenset(
-    {S.SUBMITTING, S.QUEUED, S.RUNNING, S.SUSPENDED, S.COMPLETING}
+    {S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED, S.COMPLETING}
 )
 # Waiting for a new attempt (after backoff).
 WAITING: frozenset[TaskState] = frozenset({S.PREEMPTED, S.NODE_FAILED, S.RETRYING})
@@ -66,7 +67,9 @@ ACTIVE: frozenset[TaskState] = frozenset(set(TaskState) - TERMINAL)
 OUTCOMES: frozenset[TaskState] = frozenset(
     {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.PREEMPTED, S.NODE_FAILED}
 )
-JOB_STATES: frozenset[TaskState] = frozenset({S.QUEUED, S.RUNNING, S.SUSPENDED, S.COMPLETING})
+JOB_STATES: frozenset[TaskState] = frozenset(
+    {S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED, S.COMPLETING}
+)
 
 _ends = frozenset({S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.LOST})
 _interrupt = frozenset({S.PREEMPTED, S.NODE_FAILED, S.RETRYING})
@@ -77,14 +80,15 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     # SUBMITTING -> SUBMITTING is not a move; an unknown sbatch outcome stays put.
     S.SUBMITTING: JOB_STATES | {S.FETCHING} | _ends | _interrupt,
     S.QUEUED: (JOB_STATES - {S.QUEUED}) | {S.FETCHING} | _ends | _interrupt,
+    S.HELD: (JOB_STATES - {S.HELD}) | {S.FETCHING} | _ends | _interrupt,
     S.RUNNING: (JOB_STATES - {S.RUNNING}) | {S.FETCHING} | _ends | _interrupt,
     S.SUSPENDED: (JOB_STATES - {S.SUSPENDED}) | {S.FETCHING} | _ends | _interrupt,
     S.COMPLETING: (JOB_STATES - {S.COMPLETING}) | {S.FETCHING} | _ends | _interrupt,
     S.FETCHING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
     # A waiting task either comes back inside the same job (Slurm requeued it: same job id,
     # restart count up) or through a new attempt (SUBMITTING), or gives up.
-    S.PREEMPTED: frozenset({S.QUEUED, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
-    S.NODE_FAILED: frozenset({S.QUEUED, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
+    S.PREEMPTED: frozenset({S.QUEUED, S.HELD, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
+    S.NODE_FAILED: frozenset({S.QUEUED, S.HELD, S.RUNNING, S.SUBMITTING, S.FAILED, S.CANCELLED, S.LOST}),
     S.RETRYING: frozenset({S.SUBMITTING, S.CANCELLED, S.FAILED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
@@ -184,6 +188,13 @@ class RetryPolicy:
                 f"unknown retry policy key(s) {sorted(unknown)}", hint=f"allowed: {sorted(known)}"
             )
         kwargs: dict[str, object] = dict(data)
+        for key, value in kwargs.items():
+            expected = _POLICY_TYPES.get(key)
+            if expected is not None and (
+                isinstance(value, bool) != (expected is bool) or not isinstance(value, expected)
+            ):
+                kind = "true or false" if expected is bool else "a whole number" if expected is int else "a number"
+                raise ConfigError(f"retry policy key {key} must be {kind}, got {value!r}")
         if "retry_on" in kwargs:
             raw = kwargs["retry_on"]
             if isinstance(raw, str) or not isinstance(raw, Iterable):
@@ -193,6 +204,17 @@ class RetryPolicy:
             return cls(**kwargs)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ConfigError(f"invalid retry policy: {exc}") from None
+
+
+# The type each retry policy key must have in a config file (bool is no number here).
+_POLICY_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "max_attempts": int,
+    "backoff_seconds": (int, float),
+    "backoff_factor": (int, float),
+    "backoff_max_seconds": (int, float),
+    "exclude_failed_nodes": bool,
+    "slurm_requeue": bool,
+}
 
 
 @dataclass(frozen=True)
@@ -234,7 +256,7 @@ def plan_transition(
         observed = S.FETCHING
 
     if observed in JOB_STATES or observed == S.FETCHING:
-        if current in WAITING and observed not in (S.QUEUED, S.RUNNING):
+        if current in WAITING and observed not in (S.QUEUED, S.HELD, S.RUNNING):
             # e.g. preempted -> completing: go through queued for a legal, honest path.
             path.append(S.QUEUED)
         path.append(observed)

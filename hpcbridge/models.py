@@ -109,6 +109,7 @@ class TaskSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    require_outputs: bool = False  # a success whose outputs matched nothing is a failure
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.script):
@@ -143,6 +144,7 @@ class TaskSpec:
             "env": dict(self.env),
             "resources": self.resources.to_dict(),
             "retry": self.retry.to_dict(),
+            "require_outputs": self.require_outputs,
         }
 
     @classmethod
@@ -157,6 +159,7 @@ class TaskSpec:
             env=dict(data.get("env") or {}),
             resources=Resources.from_dict(data.get("resources") or {}),
             retry=RetryPolicy.from_dict(data.get("retry") or {}, strict=False),
+            require_outputs=bool(data.get("require_outputs", False)),
         )
 
 
@@ -205,6 +208,8 @@ class Task:
     output_dir: str | None = None  # local directory outputs were fetched to
     excluded_nodes: tuple[str, ...] = ()
     cancel_requested: bool = False
+    lease: str | None = None  # the lease of the process working on it (see leases.py)
+    lease_lost_at: float | None = None  # when a sync first found that process gone
 
     @property
     def name(self) -> str:
@@ -267,6 +272,12 @@ class JobInfo:
     # (NODE_FAIL -> node_failed, PREEMPTED -> preempted; None for a cause that is no
     # interruption, such as an admin's REQUEUED), so the sync cycle needs no Slurm words.
     requeue_states: tuple[TaskState | None, ...] = ()
+    # ``nodes`` expanded from the scheduler's hostlist ("c[01-02]" -> ("c01", "c02")).
+    node_names: tuple[str, ...] = ()
+    # The scheduler still holds this job although the attempt is over (e.g. requeued held
+    # after a launch failure): it must be cancelled before a new attempt, or it would run
+    # as a second copy once released.
+    job_alive: bool = False
 
 
 @dataclass(frozen=True)

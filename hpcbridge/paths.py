@@ -64,3 +64,28 @@ def input_name(path: str) -> str:
     if name in ("", ".", "..") or name == META_DIR:
         raise UsageError(f"input {path!r} has no usable file name")
     return name
+
+
+def check_output_pattern(pattern: str) -> str:
+    """Refuse an output glob that selects nothing usable or escapes the work dir.
+
+    ``''``, ``.`` and ``./`` name the work dir itself (fetching it would copy hpcbridge's own
+    markers and every input back, and made every later sync of the cluster crash); absolute
+    paths and ``..`` leave the work dir.
+    """
+    if not isinstance(pattern, str) or not _glob_to_parts(pattern):
+        raise UsageError(
+            f"output pattern {pattern!r} names the work dir itself, not files in it",
+            hint="name files or globs inside the work dir, e.g. 'results/*.h5' or '**/*.csv'",
+        )
+    if pattern.startswith("/") or ".." in pattern.replace("\\", "/").split("/"):
+        raise UsageError(
+            f"output pattern {pattern!r} must be relative to the work dir, without '..'"
+        )
+    return pattern
+
+
+def missing_outputs(files: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The patterns that select none of ``files``, with the same matcher as match_outputs."""
+    listed = list(files)
+    return [p for p in patterns if not match_outputs(listed, [p])]

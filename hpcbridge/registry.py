@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,159 +23,12 @@ if TYPE_CHECKING:
 
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
 from .lifecycle import TaskState, check_transition
-from .models import Attempt, Event, Task, TaskSpec
+from .models import Attempt, Event, Task
+from .schema import MIGRATIONS, TASK_COLUMNS, encode_task_fields, row_to_attempt, row_to_task
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-def _m001_initial(db: sqlite_utils.Database) -> None:
-    db.table("tasks").create(
-        {
-            "id": str,
-            "name": str,
-            "cluster": str,
-            "state": str,
-            "spec": str,  # JSON of TaskSpec
-            "metadata": str,  # JSON str -> str
-            "created_at": float,
-            "updated_at": float,
-            "submitted_at": float,
-            "started_at": float,
-            "ended_at": float,
-            "fetched_at": float,
-            "attempt_count": int,
-            "exit_code": int,
-            "reason": str,
-            "next_attempt_at": float,
-            "work_dir": str,
-            "output_dir": str,
-            "excluded_nodes": str,  # JSON list
-            "cancel_requested": int,
-        },
-        pk="id",
-        not_null={"name", "cluster", "state", "spec", "metadata", "created_at", "updated_at"},
-        defaults={"attempt_count": 0, "cancel_requested": 0, "metadata": "{}", "excluded_nodes": "[]"},
-    )
-    db.table("attempts").create(
-        {
-            "task_id": str,
-            "number": int,
-            "token": str,
-            "state": str,
-            "job_id": str,
-            "created_at": float,
-            "submitted_at": float,
-            "started_at": float,
-            "ended_at": float,
-            "last_seen_at": float,
-            "exit_code": int,
-            "signal": int,
-            "nodes": str,
-            "partition": str,
-            "reason": str,
-            "restarts": int,
-            "backend_ref": str,  # JSON
-        },
-        pk=("task_id", "number"),
-        foreign_keys=[("task_id", "tasks", "id")],
-        defaults={"restarts": 0, "backend_ref": "{}"},
-    )
-    db.table("events").create(
-        {
-            "id": int,
-            "task_id": str,
-            "at": float,
-            "kind": str,
-            "source": str,
-            "from_state": str,
-            "to_state": str,
-            "attempt": int,
-            "detail": str,
-        },
-        pk="id",
-        foreign_keys=[("task_id", "tasks", "id")],
-    )
-    db.table("tasks").create_index(["state", "cluster"])
-    db.table("tasks").create_index(["cluster", "state"])
-    db.table("tasks").create_index(["created_at"])
-    db.table("attempts").create_index(["token"], unique=True)
-    db.table("attempts").create_index(["job_id"])
-    db.table("events").create_index(["task_id", "id"])
-
-
-def _m002_scheduler_budget(db: sqlite_utils.Database) -> None:
-    # A token bucket per cluster shared by every process (CLI, daemon, API): login-node politeness.
-    db.table("budget").create({"cluster": str, "tokens": float, "updated_at": float}, pk="cluster")
-
-
-def _m003_ordered_indexes(db: sqlite_utils.Database) -> None:
-    # Queries filter by state (and cluster) and order by id (= creation time): with id last
-    # in the index SQLite walks it in order instead of scanning the table and sorting
-    # (measured at 100k tasks: `tasks list --state` and the sync's active-task query).
-    db.execute("DROP INDEX IF EXISTS idx_tasks_state_cluster")
-    db.execute("DROP INDEX IF EXISTS idx_tasks_cluster_state")
-    db.table("tasks").create_index(["state", "id"], if_not_exists=True)
-    db.table("tasks").create_index(["cluster", "state", "id"], if_not_exists=True)
-
-
-MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
-    ("001_initial", _m001_initial),
-    ("002_scheduler_budget", _m002_scheduler_budget),
-    ("003_ordered_indexes", _m003_ordered_indexes),
-)
-
-_TASK_COLUMNS = (
-    "id, name, cluster, state, spec, metadata, created_at, updated_at, submitted_at, started_at,"
-    " ended_at, fetched_at, attempt_count, exit_code, reason, next_attempt_at, work_dir,"
-    " output_dir, excluded_nodes, cancel_requested"
-)
-
-
-def _row_to_task(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row["id"],
-        spec=TaskSpec.from_dict(json.loads(row["spec"])),
-        state=TaskState(row["state"]),
-        metadata=json.loads(row["metadata"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        fetched_at=row["fetched_at"],
-        attempt_count=row["attempt_count"] or 0,
-        exit_code=row["exit_code"],
-        reason=row["reason"],
-        next_attempt_at=row["next_attempt_at"],
-        work_dir=row["work_dir"],
-        output_dir=row["output_dir"],
-        excluded_nodes=tuple(json.loads(row["excluded_nodes"] or "[]")),
-        cancel_requested=bool(row["cancel_requested"]),
-    )
-
-
-def _row_to_attempt(row: sqlite3.Row) -> Attempt:
-    return Attempt(
-        task_id=row["task_id"],
-        number=row["number"],
-        token=row["token"],
-        state=TaskState(row["state"]),
-        job_id=row["job_id"],
-        created_at=row["created_at"],
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        last_seen_at=row["last_seen_at"],
-        exit_code=row["exit_code"],
-        signal=row["signal"],
-        nodes=row["nodes"],
-        partition=row["partition"],
-        reason=row["reason"],
-        restarts=row["restarts"] or 0,
-        backend_ref=json.loads(row["backend_ref"] or "{}"),
-    )
 
 
 class Registry:
@@ -208,9 +61,10 @@ class Registry:
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self._db: sqlite_utils.Database | None = None
-        # Committed state changes made through this connection, (task, from, to), in order:
-        # what a sync cycle reports and the daemon logs. Consumers take and clear it.
-        self.journal: list[tuple[str, str, str]] = []
+        self._savepoints: list[str] = []
+        # State changes of the open transaction, handed to recorders when it commits.
+        self._pending: list[tuple[str, str, str]] = []
+        self._recorders: list[list[tuple[str, str, str]]] = []
         self.migrate()
 
     # -- infrastructure ------------------------------------------------------------------
@@ -223,8 +77,31 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE``: take the write lock up front so two writers never deadlock
-        upgrading read locks; the busy timeout makes the second one wait its turn."""
+        """One atomic unit of work, nesting-aware (as sqlite-utils' ``atomic()``).
+
+        The outermost block is ``BEGIN IMMEDIATE``: it takes the write lock up front, so two
+        writers never deadlock upgrading read locks, and the busy timeout makes the second one
+        wait its turn. A block opened inside another joins it through a SAVEPOINT: its
+        failure rolls back only its own writes, and nothing is durable before the outermost
+        block commits. State changes reach ``recording()`` blocks only once committed.
+        """
+        if self.conn.in_transaction:
+            name = f"hb_sp{len(self._savepoints)}"
+            self._savepoints.append(name)
+            mark = len(self._pending)
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                del self._pending[mark:]  # those changes never happened
+                raise
+            else:
+                self.conn.execute(f"RELEASE {name}")
+            finally:
+                self._savepoints.pop()
+            return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -232,15 +109,28 @@ class Registry:
                 f"registry {self.path} is locked: {exc}",
                 hint="another hpcbridge process holds it for too long; try again",
             ) from None
-        mark = len(self.journal)
         try:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
-            del self.journal[mark:]  # those changes never happened
+            self._pending.clear()
             raise
         else:
             self.conn.execute("COMMIT")
+            for recorder in self._recorders:
+                recorder.extend(self._pending)
+            self._pending.clear()
+
+    @contextmanager
+    def recording(self) -> Iterator[list[tuple[str, str, str]]]:
+        """Collect the state changes ``(task, from, to)`` committed through this connection
+        while the block runs, in order (what a sync cycle reports and the daemon logs)."""
+        changes: list[tuple[str, str, str]] = []
+        self._recorders.append(changes)
+        try:
+            yield changes
+        finally:
+            self._recorders.remove(changes)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -293,7 +183,7 @@ class Registry:
 
     def _insert(self, c: sqlite3.Connection, task: Task, source: str, detail: str) -> None:
         c.execute(
-            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 22)})",
             (
                 task.id,
                 task.spec.name,
@@ -315,17 +205,19 @@ class Registry:
                 task.output_dir,
                 json.dumps(list(task.excluded_nodes)),
                 int(task.cancel_requested),
+                task.lease,
+                task.lease_lost_at,
             ),
         )
         self._event(c, task.id, "state", source, None, task.state.value, None, detail)
 
     def get_task(self, task_id: str) -> Task:
         row = self.conn.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
         ).fetchone()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}", hint="list tasks with `hpcbridge tasks list`")
-        return _row_to_task(row)
+        return row_to_task(row)
 
     def resolve_id(self, prefix: str) -> str:
         """A full id, or a unique prefix of one."""
@@ -373,14 +265,14 @@ class Registry:
         if cluster is not None:
             where.append("cluster = ?")
             params.append(cluster)
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id " + ("DESC" if newest_first else "ASC")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [_row_to_task(r) for r in self.conn.execute(sql, params)]
+        return [row_to_task(r) for r in self.conn.execute(sql, params)]
 
     def clusters_with_active_tasks(self, active: Iterable[TaskState]) -> list[str]:
         values = [s.value for s in active]
@@ -400,19 +292,20 @@ class Registry:
         detail: str = "",
         attempt: int | None = None,
         fields: Mapping[str, Any] | None = None,
-        conn: sqlite3.Connection | None = None,
+        expected_attempt: int | None = None,
     ) -> None:
-        """Compare-and-set ``expected -> new`` plus an event, atomically.
+        """Compare-and-set ``expected -> new`` plus an event, atomically (joining an open
+        transaction, if any).
 
-        Raises ConflictError when the task is no longer in ``expected`` (another process moved
-        it first); nothing is written then. Pass ``conn`` to join an open transaction.
+        With ``expected_attempt`` the task must also still be on that attempt: a late answer
+        about attempt 1 never moves a task whose current attempt is 2. Raises ConflictError
+        when the task is no longer in ``expected`` (another process moved it first); nothing
+        is written then.
         """
         check_transition(expected, new)
-        if conn is None:
-            with self.transaction() as c:
-                self._transition(c, task_id, expected, new, source, detail, attempt, fields)
-        else:
-            self._transition(conn, task_id, expected, new, source, detail, attempt, fields)
+        with self.transaction() as c:
+            self._transition(c, task_id, expected, new, source, detail, attempt, fields,
+                             expected_attempt)  # fmt: skip
 
     def _transition(
         self,
@@ -424,24 +317,30 @@ class Registry:
         detail: str,
         attempt: int | None,
         fields: Mapping[str, Any] | None,
+        expected_attempt: int | None,
     ) -> None:
         now = time.time()
-        sets = {"state": new.value, "updated_at": now, **_encode_task_fields(fields or {})}
+        sets = {"state": new.value, "updated_at": now, **encode_task_fields(fields or {})}
         assignments = ", ".join(f"{k} = ?" for k in sets)
-        cur = c.execute(
-            f"UPDATE tasks SET {assignments} WHERE id = ? AND state = ?",
-            (*sets.values(), task_id, expected.value),
-        )
+        sql = f"UPDATE tasks SET {assignments} WHERE id = ? AND state = ?"
+        params: list[Any] = [*sets.values(), task_id, expected.value]
+        if expected_attempt is not None:
+            sql += " AND attempt_count = ?"
+            params.append(expected_attempt)
+        cur = c.execute(sql, params)
         if cur.rowcount != 1:
-            row = c.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = c.execute(
+                "SELECT state, attempt_count FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
             if row is None:
                 raise TaskNotFound(f"no task with id {task_id!r}")
             raise ConflictError(
-                f"task {task_id}: expected state {expected.value}, found {row[0]}; "
-                f"{expected.value} -> {new.value} not applied"
+                f"task {task_id}: expected state {expected.value}"
+                + (f" on attempt {expected_attempt}" if expected_attempt is not None else "")
+                + f", found {row[0]} on attempt {row[1]}; {expected.value} -> {new.value} not applied"
             )
         self._event(c, task_id, "state", source, expected.value, new.value, attempt, detail, now)
-        self.journal.append((task_id, expected.value, new.value))
+        self._pending.append((task_id, expected.value, new.value))
 
     def update_task(
         self,
@@ -449,26 +348,19 @@ class Registry:
         fields: Mapping[str, Any],
         *,
         expected: TaskState | None = None,
-        conn: sqlite3.Connection | None = None,
     ) -> None:
         """Set non-state columns (optionally only while the task is in ``expected``)."""
-        sets = {"updated_at": time.time(), **_encode_task_fields(fields)}
+        sets = {"updated_at": time.time(), **encode_task_fields(fields)}
         sql = f"UPDATE tasks SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?"
         params: list[Any] = [*sets.values(), task_id]
         if expected is not None:
             sql += " AND state = ?"
             params.append(expected.value)
 
-        def run(c: sqlite3.Connection) -> None:
+        with self.transaction() as c:
             if c.execute(sql, params).rowcount != 1:
                 self.get_task(task_id)  # raises TaskNotFound
                 raise ConflictError(f"task {task_id} changed state; update not applied")
-
-        if conn is None:
-            with self.transaction() as c:
-                run(c)
-        else:
-            run(conn)
 
     def update_metadata(self, task_id: str, updates: Mapping[str, str | None]) -> dict[str, str]:
         """Merge ``updates`` into the metadata (None deletes a key), atomically."""
@@ -493,8 +385,12 @@ class Registry:
         return meta
 
     # -- attempts -------------------------------------------------------------------------
-    def add_attempt(self, attempt: Attempt, conn: sqlite3.Connection) -> None:
-        conn.execute(
+    def add_attempt(self, attempt: Attempt) -> None:
+        with self.transaction() as c:
+            self._add_attempt(c, attempt)
+
+    def _add_attempt(self, c: sqlite3.Connection, attempt: Attempt) -> None:
+        c.execute(
             "INSERT INTO attempts (task_id, number, token, state, job_id, created_at, backend_ref)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -513,7 +409,6 @@ class Registry:
         task_id: str,
         number: int,
         fields: Mapping[str, Any],
-        conn: sqlite3.Connection | None = None,
     ) -> None:
         enc = {
             k: (json.dumps(dict(v)) if k == "backend_ref" else v.value if isinstance(v, TaskState) else v)
@@ -522,17 +417,14 @@ class Registry:
         if not enc:
             return
         sql = f"UPDATE attempts SET {', '.join(f'{k} = ?' for k in enc)} WHERE task_id = ? AND number = ?"
-        if conn is None:
-            with self.transaction() as c:
-                c.execute(sql, (*enc.values(), task_id, number))
-        else:
-            conn.execute(sql, (*enc.values(), task_id, number))
+        with self.transaction() as c:
+            c.execute(sql, (*enc.values(), task_id, number))
 
     def attempts(self, task_id: str) -> list[Attempt]:
         rows = self.conn.execute(
             "SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,)
         )
-        return [_row_to_attempt(r) for r in rows]
+        return [row_to_attempt(r) for r in rows]
 
     def current_attempts(self, task_ids: Sequence[str]) -> dict[str, Attempt]:
         """The latest attempt of each task, in one query (chunked under SQLite's limits)."""
@@ -546,8 +438,19 @@ class Registry:
                 chunk,
             )
             for r in rows:
-                out[r["task_id"]] = _row_to_attempt(r)
+                out[r["task_id"]] = row_to_attempt(r)
         return out
+
+    def stray_attempts(self, cluster: str, *, since: float, reason: str) -> list[Attempt]:
+        """Attempts of ``cluster``'s tasks given up with ``reason`` and no job id since
+        ``since``: a job carrying their token must not run."""
+        rows = self.conn.execute(
+            "SELECT a.* FROM attempts a JOIN tasks t ON t.id = a.task_id"
+            " WHERE t.cluster = ? AND a.state = ? AND a.reason = ? AND a.job_id IS NULL"
+            " AND a.created_at >= ?",
+            (cluster, TaskState.LOST.value, reason, since),
+        )
+        return [row_to_attempt(r) for r in rows]
 
     # -- events ---------------------------------------------------------------------------
     def add_event(
@@ -558,13 +461,9 @@ class Registry:
         *,
         source: str,
         attempt: int | None = None,
-        conn: sqlite3.Connection | None = None,
     ) -> None:
-        if conn is None:
-            with self.transaction() as c:
-                self._event(c, task_id, kind, source, None, None, attempt, detail)
-        else:
-            self._event(conn, task_id, kind, source, None, None, attempt, detail)
+        with self.transaction() as c:
+            self._event(c, task_id, kind, source, None, None, attempt, detail)
 
     def _event(
         self,
@@ -626,21 +525,3 @@ class Registry:
                 (cluster, tokens, now),
             )
         return 0.0 if tokens >= 0 else -tokens * 60.0 / rate_per_minute
-
-
-_JSON_TASK_FIELDS = {"metadata", "spec"}
-
-
-def _encode_task_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        if key in ("id", "state"):
-            raise ValueError(f"{key} is not updated through fields")
-        if key == "excluded_nodes":
-            value = json.dumps(list(value))
-        elif key in _JSON_TASK_FIELDS:
-            value = json.dumps(value)
-        elif key == "cancel_requested":
-            value = int(bool(value))
-        out[key] = value
-    return out

@@ -102,12 +102,11 @@ def states_seen(svc: Service, task: Task) -> list[str]:
 def drive_until(svc: Service, task_id: str, pred: Callable[[Task], bool], timeout: float,
                 what: str) -> Task:  # fmt: skip
     """Run sync cycles until ``pred(task)``; return the task."""
-    from hpcbridge.sync import sync_cluster
 
     deadline = time.monotonic() + timeout
     task = svc.get(task_id)
     while time.monotonic() < deadline:
-        sync_cluster(svc, task.cluster)
+        svc.sync_cluster(task.cluster)
         task = svc.get(task_id)
         if pred(task):
             return task

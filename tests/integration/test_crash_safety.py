@@ -27,7 +27,6 @@ import pytest
 
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.service import Service
-from hpcbridge.sync import sync_cluster
 
 from .conftest import ROOT, drive_until, squeue_as_root, wait_for
 
@@ -196,14 +195,14 @@ def test_attempt_committed_but_sbatch_never_ran(fast_config: Path, db: Path) -> 
         assert time.time() - (att.created_at or 0) < SUBMIT_GRACE - 1, (
             "too slow to test the grace period"
         )
-        report = sync_cluster(svc, "lab")
+        report = svc.sync_cluster("lab")
         assert report.unreachable is None and not report.errors, report
         assert svc.get(task_id).state == S.SUBMITTING
         assert [a.number for a in svc.attempts(task_id)] == [1]
 
         # After it: attempt 1 is written off as never submitted, and exactly one new one goes out.
         time.sleep(max(0.0, (att.created_at or 0) + SUBMIT_GRACE + 0.5 - time.time()))
-        report = sync_cluster(svc, "lab")
+        report = svc.sync_cluster("lab")
         assert (task_id, "submitting", "retrying") in report.changes, report
         a1, a2 = svc.attempts(task_id)
         assert (a1.state, a1.reason, a1.job_id) == (S.LOST, "never submitted", None)
@@ -264,7 +263,7 @@ def test_sbatch_ran_but_job_id_never_recorded(
             )
         else:
             assert squeue_as_root("-j", job_id).strip(), "the job should still be in squeue"
-        report = sync_cluster(svc, "lab")
+        report = svc.sync_cluster("lab")
         assert report.unreachable is None and not report.errors, report
         (att,) = svc.attempts(task_id)
         assert att.job_id == job_id, "adopted in the first sync, within the grace period"

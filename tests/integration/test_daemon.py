@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from hpcbridge.config import ClusterConfig
+from hpcbridge.cycle import cluster_lock
 from hpcbridge.registry import Registry
-from hpcbridge.sync import cluster_lock
 
 from .conftest import lab_cmd, squeue_as_root, wait_for
 

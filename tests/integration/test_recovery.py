@@ -211,9 +211,8 @@ def test_preempted_with_no_retry_left_fails_naming_the_cause(service: Service, c
     assert only.state == S.PREEMPTED and only.job_id, history(service, done)
     assert done.attempt_count == 1 and done.next_attempt_at is None
     # Nothing further is submitted: another cycle leaves the task and its attempts alone.
-    from hpcbridge.sync import sync_cluster
 
-    sync_cluster(service, "lab")
+    service.sync_cluster("lab")
     assert len(service.attempts(task.id)) == 1 and service.get(task.id).state == S.FAILED
 
 

@@ -12,7 +12,6 @@ import pytest
 from hpcbridge.errors import SchedulerUnavailable
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.service import Service
-from hpcbridge.sync import sync_cluster
 
 from .conftest import HEAT, drive_until, lab_cmd, states_seen
 
@@ -63,7 +62,7 @@ def test_outcomes_failed_cancelled_timeout_memory(service: Service) -> None:
     exit3, cancel, timeout, hog, sig9 = tasks
     assert all(t.state == S.QUEUED for t in tasks), [(t.name, t.state, t.reason) for t in tasks]
     drive_until(service, cancel.id, lambda t: t.state == S.RUNNING, 60, "sleep to run")
-    after_kill = service.kill([cancel.id])[0]
+    after_kill = service.kill([cancel.id])[0].task
     assert after_kill.state in (S.RUNNING, S.CANCELLED, S.COMPLETING)
     done = service.wait([t.id for t in tasks], timeout=200)
     by_name = {t.name: t for t in done}
@@ -169,7 +168,7 @@ def test_slurmctld_down_changes_nothing_then_catches_up(service: Service) -> Non
     events_before = len(service.events(task.id))
     lab_cmd("ctld-stop")
     try:
-        report = sync_cluster(service, "lab")
+        report = service.sync_cluster("lab")
         assert report.unreachable and "scheduler" in report.unreachable.lower() or report.unreachable
         assert service.get(task.id).state == S.RUNNING
         assert len(service.events(task.id)) == events_before
@@ -188,7 +187,7 @@ def test_sshd_down_changes_nothing_then_catches_up(service: Service) -> None:
     service.backend("lab").close()  # drop the live connection so the next cycle must reconnect
     lab_cmd("sshd-stop")
     try:
-        report = sync_cluster(service, "lab")
+        report = service.sync_cluster("lab")
         assert report.unreachable, report
         assert service.get(task.id).state == S.RUNNING
         # a new task can still be registered; it is submitted once the cluster is back

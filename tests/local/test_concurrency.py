@@ -12,8 +12,10 @@ import pytest
 
 import hpcbridge
 from hpcbridge import TaskState
+from hpcbridge.leases import Lease
+from hpcbridge.options import SubmitOptions, build_spec
 from hpcbridge.service import Service
-from hpcbridge.sync import sync_cluster
+from hpcbridge.submission import start_attempts
 
 S = TaskState
 
@@ -176,7 +178,7 @@ def test_submit_survives_a_sync_between_register_and_stage(two_services):
 
     def insert_then_sync(task, **kw):
         insert(task, **kw)
-        sync_cluster(syncer, "local")  # another process's cycle sees the new CREATED task
+        syncer.sync_cluster("local")  # another process's cycle sees the new CREATED task
 
     submitter.registry.insert_task = insert_then_sync  # type: ignore[method-assign]
     submitter.submit(command=["true"])  # today: ConflictError created -> staging
@@ -189,7 +191,7 @@ def test_submit_survives_a_sync_while_staging(two_services):
     prepare = backend.prepare
 
     def sync_then_prepare(tasks):
-        sync_cluster(syncer, "local")  # another process's cycle sees the task in STAGING
+        syncer.sync_cluster("local")  # another process's cycle sees the task in STAGING
         return prepare(tasks)
 
     backend.prepare = sync_then_prepare  # type: ignore[method-assign]
@@ -200,7 +202,7 @@ def test_submit_survives_a_sync_while_staging(two_services):
 def test_sync_survives_a_submit_finishing_while_it_stages(two_services):
     submitter, syncer = two_services
     # The submitter registered the task and moved it to STAGING, then the sync cycle listed it.
-    spec, meta = submitter.build_spec(command=["true"])
+    spec, meta = build_spec(SubmitOptions(command=("true",)), submitter.cluster(None))
     from hpcbridge.models import Task, new_task_id
 
     now = time.time()
@@ -214,10 +216,11 @@ def test_sync_survives_a_submit_finishing_while_it_stages(two_services):
     prepare = backend.prepare
 
     def submitter_finishes_first(tasks):
-        submitter.start_attempts("local", [submitter.registry.get_task(tid)])
+        with Lease(submitter.runtime.lease_dir) as lease:
+            start_attempts(submitter.runtime, "local", [submitter.registry.get_task(tid)], lease)
         return prepare(tasks)
 
     backend.prepare = submitter_finishes_first  # type: ignore[method-assign]
-    report = sync_cluster(syncer, "local")  # today: sqlite3.IntegrityError escapes the cycle
+    report = syncer.sync_cluster("local")  # today: sqlite3.IntegrityError escapes the cycle
     assert report.errors == []
     _assert_one_clean_run(submitter)

@@ -121,8 +121,8 @@ def test_failed_transaction_rolls_back(db: Path) -> None:
     task = make_task()
     reg.insert_task(task, source="test")
     with pytest.raises(RuntimeError):
-        with reg.transaction() as conn:
-            reg.transition(task.id, S.CREATED, S.STAGING, source="t", conn=conn)
+        with reg.transaction():
+            reg.transition(task.id, S.CREATED, S.STAGING, source="t")
             raise RuntimeError("boom")
     assert reg.get_task(task.id).state == S.CREATED
 

@@ -1,4 +1,4 @@
-"""sync._apply on a Slurm-side requeue, fed the JobInfo shapes measured on the lab (22.05):
+"""reconcile.apply_observation on a Slurm-side requeue, fed the JobInfo shapes measured on the lab (22.05):
 squeue shows the requeued job PENDING with its restart count up at once, while sacct names the
 cause (the earlier instance's PREEMPTED/NODE_FAIL row) only seconds later."""
 
@@ -11,25 +11,28 @@ from pathlib import Path
 from hpcbridge.config import parse_config
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Attempt, JobInfo, Task
+from hpcbridge.options import SubmitOptions, build_spec
+from hpcbridge.reconcile import REQUEUE_CAUSE_WAIT_SECONDS, Effects, apply_observation
 from hpcbridge.registry import Registry
+from hpcbridge.runtime import Runtime
 from hpcbridge.service import Service
-from hpcbridge.sync import REQUEUE_CAUSE_WAIT_SECONDS, _apply
+from hpcbridge.slurm import requeue_state
 
 S = TaskState
 
 
 def running_task(tmp_path: Path) -> tuple[Service, str]:
-    svc = Service(parse_config({}), Registry(tmp_path / "r.db"), source="test")
-    spec, _ = svc.build_spec(command=["true"], cluster="local")
+    svc = Service(Runtime(parse_config({}), Registry(tmp_path / "r.db"), source="test"))
+    spec, _ = build_spec(SubmitOptions(command=("true",)), svc.cluster("local"))
     now = time.time()
     t = Task(id="t1", spec=spec, state=S.CREATED, metadata={}, created_at=now, updated_at=now)
     reg = svc.registry
     reg.insert_task(t, source="test")
     reg.transition("t1", S.CREATED, S.STAGING, source="test")
-    with reg.transaction() as conn:
-        reg.add_attempt(Attempt(task_id="t1", number=1, token="tok", state=S.SUBMITTING, created_at=now), conn)
+    with reg.transaction():
+        reg.add_attempt(Attempt(task_id="t1", number=1, token="tok", state=S.SUBMITTING, created_at=now))
         reg.transition("t1", S.STAGING, S.SUBMITTING, source="test", attempt=1,
-                       fields={"attempt_count": 1}, conn=conn)  # fmt: skip
+                       fields={"attempt_count": 1})  # fmt: skip
     reg.update_attempt("t1", 1, {"job_id": "7", "nodes": "node1", "started_at": now - 30, "reason": "Priority"})
     reg.transition("t1", S.SUBMITTING, S.RUNNING, source="test", attempt=1)
     return svc, "t1"
@@ -38,7 +41,9 @@ def running_task(tmp_path: Path) -> tuple[Service, str]:
 def apply(svc: Service, tid: str, info: JobInfo, now: float) -> None:
     task = svc.registry.get_task(tid)
     att = svc.registry.current_attempts([tid])[tid]
-    _apply(svc, task, att, info, now)
+    # The Slurm backend maps each cause where it parses sacct; do what it does.
+    info = replace(info, requeue_states=tuple(requeue_state(c) for c in info.requeue_causes))
+    apply_observation(svc.runtime, task, att, info, now, Effects())
 
 
 def test_requeue_waits_for_its_cause_then_records_it(tmp_path: Path) -> None:

@@ -1,0 +1,261 @@
+"""One sync cycle per cluster: poll every in-flight job in one batch, apply the lifecycle,
+cancel what must go, fetch outputs, submit what is due.
+
+Cron-safe: a per-cluster ``flock`` (released by the kernel when its holder dies, so a crashed
+run never blocks the next) lets one process work on a cluster at a time; the others return at
+once. A cycle that cannot reach the cluster changes nothing: the poll happens before any
+write, and a TransportError ends the cycle for that cluster. One task whose handling fails is
+recorded on that task and the cycle goes on; one cluster that fails never stops the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.base import PollRequest
+from .errors import ConfigError, ConflictError, HpcBridgeError, TransportError
+from .leases import Lease
+from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
+from .models import Task
+from .paths import missing_outputs
+from .reconcile import (
+    NEVER_SUBMITTED,
+    Effects,
+    apply_observation,
+    record_task_error,
+    submitter_gone_for,
+)
+from .runtime import Runtime
+from .submission import start_attempts
+
+log = logging.getLogger(__name__)
+S = TaskState
+
+# How long after an attempt was declared never-submitted the cycle still looks for a job
+# carrying its token (a submitter that outlived everything), to cancel it.
+STRAY_WATCH_SECONDS = 24 * 3600.0
+
+
+@dataclass
+class SyncReport:
+    """What one cycle on one cluster did."""
+
+    cluster: str
+    skipped: bool = False  # another process holds this cluster's lock
+    unreachable: str | None = None  # the transport error that ended the cycle
+    polled: int = 0
+    submitted: int = 0
+    changes: list[tuple[str, str, str]] = field(default_factory=list)  # (task, from, to)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreachable and not self.errors
+
+
+@contextmanager
+def cluster_lock(data_dir: Path, cluster: str) -> Iterator[bool]:
+    """Non-blocking exclusive lock for one cluster's cycle; yields False when held elsewhere."""
+    lock_dir = data_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"sync-{cluster}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def sync_all(rt: Runtime, clusters: Sequence[str] | None = None) -> list[SyncReport]:
+    """One cycle on each named cluster (default: every cluster with active tasks). A cluster
+    that fails, or that left the config, is reported and the others go on."""
+    names = list(clusters) if clusters else rt.registry.clusters_with_active_tasks(ACTIVE)
+    reports = []
+    for name in names:
+        try:
+            reports.append(sync_cluster(rt, name))
+        except ConfigError as exc:
+            if clusters:  # the user named it: a usage error
+                raise
+            report = SyncReport(name)
+            report.errors.append(f"cluster {name!r} is not in the config; its tasks are left as they are ({exc.message})")
+            log.warning("%s", report.errors[-1])
+            reports.append(report)
+    return reports
+
+
+def sync_cluster(rt: Runtime, cluster: str) -> SyncReport:
+    """One bounded cycle on ``cluster``; returns at once when another process holds it."""
+    report = SyncReport(cluster)
+    started = time.monotonic()
+    rt.cluster(cluster)  # unknown cluster -> ConfigError before locking
+    with cluster_lock(rt.data_dir, cluster) as got:
+        if not got:
+            report.skipped = True
+            return report
+        with rt.registry.recording() as changes:
+            try:
+                _cycle(rt, cluster, report)
+            except TransportError as exc:
+                report.unreachable = str(exc.message)
+                log.warning("cluster %s unreachable, tasks left as they were: %s", cluster, exc.message)
+        report.changes = list(changes)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
+    reg = rt.registry
+    tasks = reg.list_tasks(states=set(S) - TERMINAL, cluster=cluster, newest_first=False)
+    strays = reg.stray_attempts(cluster, since=time.time() - STRAY_WATCH_SECONDS, reason=NEVER_SUBMITTED)
+    if not tasks and not strays:
+        return
+    backend = rt.backend(cluster)
+    attempts = reg.current_attempts([t.id for t in tasks])
+    effects = Effects()
+
+    # 1. Poll every in-flight attempt (and recent never-submitted ones) in one batch.
+    in_flight = [t for t in tasks if t.state in IN_FLIGHT and t.id in attempts]
+    if in_flight or strays:
+        requests = [rt.poll_request(t, attempts[t.id]) for t in in_flight]
+        stray_reqs = [rt.poll_request(reg.get_task(a.task_id), a) for a in strays]
+        rt.charge(cluster, 2)
+        # The snapshot's time is when the query was sent: an attempt written after it cannot
+        # be in the answer, so grace periods are measured against this, not the reply's time.
+        now = time.time()
+        infos = backend.poll(requests + stray_reqs)  # TransportError here: nothing written yet
+        report.polled = len(requests)
+        deadline = time.monotonic() + rt.cluster(cluster).cycle_timeout
+        for task in in_flight:
+            if time.monotonic() > deadline:
+                report.errors.append("cycle time limit reached; remaining tasks wait for the next cycle")
+                break
+            att = attempts[task.id]
+            try:
+                apply_observation(rt, task, att, infos.get(att.token), now, effects)
+            except ConflictError as exc:  # another process (kill, submit) moved it: next cycle
+                log.info("task %s: %s", task.id, exc)
+            except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
+                report.errors.append(f"{task.id}: {record_task_error(rt, task, 'sync', exc)}")
+        for att in strays:
+            info = infos.get(att.token)
+            if info is not None and info.job_id and info.state not in TERMINAL:
+                reg.update_attempt(att.task_id, att.number, {"job_id": info.job_id})
+                reg.add_event(att.task_id, "warning",
+                              f"attempt {att.number}: job {info.job_id} turned up for an attempt "
+                              "already given up as never submitted; cancelling it",
+                              source=rt.source, attempt=att.number)  # fmt: skip
+                effects.cancel.append((reg.get_task(att.task_id), att))
+
+    # 2. Cancels: what the user asked for, and jobs that must not run again.
+    _cancel(rt, cluster, tasks, effects, report)
+
+    # 3. Fetch outputs of finished jobs.
+    for task in reg.list_tasks(states=[S.FETCHING], cluster=cluster, newest_first=False):
+        try:
+            _fetch(rt, task, report)
+        except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
+            report.errors.append(f"{task.id}: {record_task_error(rt, task, 'fetching outputs', exc)}")
+
+    # 4. Submit what is due: new tasks left behind, and waiting retries.
+    now = time.time()
+    due = [t for t in reg.list_tasks(states=[S.CREATED, S.STAGING, *WAITING], cluster=cluster,
+                                     newest_first=False) if _is_due(rt, t, now)]  # fmt: skip
+    if due:
+        with Lease(rt.lease_dir) as lease:
+            start_attempts(rt, cluster, due, lease)
+        report.submitted = len(due)
+
+
+def _is_due(rt: Runtime, t: Task, now: float) -> bool:
+    if t.cancel_requested:
+        return False
+    if t.state in WAITING:
+        return (t.next_attempt_at or 0) <= now
+    # A new task is started by the process that registered it, right away; the sync takes
+    # over only what was handed back (next_attempt_at) or whose submitter is gone (lease).
+    if t.next_attempt_at is not None and t.next_attempt_at <= now:
+        return True
+    return submitter_gone_for(rt, t, now) is not None
+
+
+def _cancel(rt: Runtime, cluster: str, tasks: Sequence[Task], effects: Effects, report: SyncReport) -> None:
+    reg = rt.registry
+    requests: dict[str, PollRequest] = {}
+    for task, att in effects.cancel:
+        if att.job_id or att.backend_ref:
+            requests[att.token] = rt.poll_request(task, att)
+    for task in tasks:
+        if not task.cancel_requested:
+            continue
+        fresh = reg.get_task(task.id)
+        if fresh.state in (S.CREATED, S.STAGING, *WAITING):
+            # Marked while its submitter held it (or as it went back to wait): end it now.
+            rt.try_transition(fresh.id, fresh.state, S.CANCELLED, "cancelled by user",
+                              fields={"reason": "cancelled by user", "ended_at": time.time()})  # fmt: skip
+            continue
+        if fresh.state not in IN_FLIGHT:
+            continue
+        current = reg.current_attempts([task.id]).get(task.id)
+        if current is not None and (current.job_id or current.backend_ref):
+            requests[current.token] = rt.poll_request(fresh, current)
+    if requests:
+        rt.charge(cluster, 1)
+        try:
+            rt.backend(cluster).cancel(list(requests.values()))
+        except HpcBridgeError as exc:
+            if isinstance(exc, TransportError):
+                raise
+            report.errors.append(f"cancel failed, retried next cycle: {exc.message}")
+
+
+def _fetch(rt: Runtime, task: Task, report: SyncReport) -> None:
+    dest = Path(task.output_dir or rt.data_dir / "outputs" / task.id)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        files = rt.backend(task.cluster).fetch_outputs(task, dest)
+    except HpcBridgeError as exc:
+        if exc.transient:
+            report.errors.append(f"{task.id}: fetch failed, will retry: {exc.message}")
+            return
+        rt.try_transition(task.id, S.FETCHING, S.FAILED, f"fetching outputs failed: {exc}",
+                          fields={"reason": f"fetching outputs failed: {exc.message}"})  # fmt: skip
+        return
+    except OSError as exc:
+        report.errors.append(f"{task.id}: fetch failed, will retry: {exc}")
+        return
+    rel = [p.relative_to(dest).as_posix() for p in files if p.is_relative_to(dest)]
+    missing = missing_outputs(rel, task.spec.outputs)
+    detail = f"{len(files)} output file(s) fetched"
+    if missing:
+        note = f"no file matched output pattern(s) {missing}"
+        detail += f"; {note}"
+        if task.spec.require_outputs:
+            rt.try_transition(task.id, S.FETCHING, S.FAILED, detail,
+                              fields={"fetched_at": time.time(), "reason": f"outputs missing: {note}"})  # fmt: skip
+            return
+        rt.try_transition(task.id, S.FETCHING, S.SUCCEEDED, detail,
+                          fields={"fetched_at": time.time(), "reason": f"warning: {note}"})  # fmt: skip
+        return
+    rt.try_transition(task.id, S.FETCHING, S.SUCCEEDED, detail,
+                      fields={"fetched_at": time.time(), "reason": None})  # fmt: skip
+
+
+__all__ = ["SyncReport", "cluster_lock", "sync_all", "sync_cluster"]

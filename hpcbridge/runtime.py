@@ -1,0 +1,135 @@
+"""The bottom of the stateful layers: config + registry + backends + the command budget.
+
+Everything above (``submission``, ``cycle``, ``service``) works through one ``Runtime``.
+Backends are opened on demand, one per cluster, unless the caller injects them
+(``Runtime(config, registry, backends={"lab": FakeBackend()})``, as httpx's
+``Client(transport=...)``): that is the seam tests and embedding applications use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Backend, PollRequest
+from .config import ClusterConfig, Config, load_config, resolve_db_path
+from .errors import ConflictError
+from .lifecycle import TaskState
+from .models import Attempt, Task
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+# The budget never sleeps longer than this at once; the caller asks again.
+MAX_BUDGET_SLEEP = 60.0
+
+
+class Runtime:
+    """One registry + config, and the backends (one per cluster). Not shared by threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        source: str = "api",
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.source = source
+        self.data_dir = registry.path.parent
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._injected = frozenset(self._backends)
+        # Set by a daemon's signal handler: budget waits end early so shutdown is prompt.
+        self.stop = threading.Event()
+
+    @classmethod
+    def open(
+        cls,
+        config_path: str | os.PathLike[str] | None = None,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        source: str = "api",
+        backends: Mapping[str, Backend] | None = None,
+    ) -> Runtime:
+        config = load_config(config_path)
+        return cls(config, Registry(resolve_db_path(db_path)), backends=backends, source=source)
+
+    def close(self) -> None:
+        for name, backend in self._backends.items():
+            if name in self._injected:
+                continue  # the caller's to close
+            try:
+                backend.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+                log.debug("closing backend %s failed", name, exc_info=True)
+        self._backends = {k: v for k, v in self._backends.items() if k in self._injected}
+        self.registry.close()
+
+    @property
+    def lease_dir(self) -> Path:
+        return self.data_dir / "leases"
+
+    def cluster(self, name: str | None) -> ClusterConfig:
+        return self.config.cluster(name)
+
+    def backend(self, cluster: str) -> Backend:
+        """The backend of ``cluster`` (ConfigError for a cluster the config does not name)."""
+        if cluster not in self._backends:
+            cfg = self.config.cluster(cluster)
+            if cfg.backend == "local":
+                from .backends.local import LocalBackend
+
+                self._backends[cluster] = LocalBackend(self.data_dir / "work")
+            else:
+                from .backends.slurm import SlurmBackend
+                from .transport import make_transport
+
+                self._backends[cluster] = SlurmBackend(cfg, make_transport(cfg))
+        return self._backends[cluster]
+
+    def try_transition(
+        self,
+        task_id: str,
+        old: TaskState,
+        new: TaskState,
+        detail: str,
+        *,
+        attempt: int | None = None,
+        fields: Mapping[str, Any] | None = None,
+        expected_attempt: int | None = None,
+    ) -> bool:
+        """Compare-and-set ``old -> new``; False (and nothing written) if another process
+        moved the task first."""
+        try:
+            self.registry.transition(task_id, old, new, source=self.source, detail=detail,
+                                     attempt=attempt, fields=fields,
+                                     expected_attempt=expected_attempt)  # fmt: skip
+            return True
+        except ConflictError as exc:
+            log.info("task %s: %s", task_id, exc)
+            return False
+
+    def charge(self, cluster: str, commands: int) -> None:
+        """Take scheduler-command tokens from the cluster's budget (shared through the
+        registry by every process), waiting first when it is spent."""
+        cfg = self.config.cluster(cluster)
+        if cfg.backend == "local":
+            return
+        wait = self.registry.take_budget(
+            cluster, commands, rate_per_minute=cfg.commands_per_minute,
+            burst=max(10.0, cfg.commands_per_minute / 6),
+        )  # fmt: skip
+        if wait > 0:
+            log.info("cluster %s: scheduler command budget spent, waiting %.1f s", cluster, wait)
+            self.stop.wait(min(wait, MAX_BUDGET_SLEEP))
+
+    @staticmethod
+    def poll_request(task: Task, att: Attempt) -> PollRequest:
+        return PollRequest(task_id=task.id, attempt=att.number, token=att.token, job_id=att.job_id,
+                           work_dir=task.work_dir, backend_ref=att.backend_ref)  # fmt: skip

@@ -1,0 +1,227 @@
+"""The write-ahead submission engine: register tasks, stage them, start attempts.
+
+Never twice, by construction:
+
+1. The process takes a *lease* (``leases.py``) before it registers or claims a task and
+   writes the lease on the task; a sync leaves tasks with a live lease alone, however slow
+   ``sbatch`` is, and starts its grace periods only once the lease is dead.
+2. A task is claimed with a compare-and-set (``created -> staging``, ``staging|waiting ->
+   submitting``); whoever moves it first works on it, the other skips it.
+3. The attempt row, with a random token, is committed *before* the backend is asked to
+   submit; the token rides in the job (``--comment``, markers), so a crash anywhere after is
+   reconciled by finding the job by token, not by submitting again.
+4. An outcome is recorded compare-and-set on (task state, attempt number): a late reply
+   for an attempt the sync already declared never-submitted does not move the task, and its
+   job is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .backends.base import PollRequest, SubmitOutcome, SubmitRequest
+from .errors import ConflictError, RegistryError, TransportError
+from .leases import Lease
+from .lifecycle import WAITING, TaskState
+from .models import Attempt, Task, new_task_id, new_token
+from .options import SubmitOptions, build_spec
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+S = TaskState
+
+
+def submit_many(rt: Runtime, options: Sequence[SubmitOptions]) -> list[Task]:
+    """Validate every task (all or nothing), register them, then start them batched per
+    cluster: one staging pass and one submission round trip per cluster.
+
+    A cluster that cannot be reached leaves its tasks ``created`` for the next sync (an event
+    says why); a permanent transport error (host key, credentials) is raised after that, so
+    the caller hears of it, and the tasks stay registered."""
+    built = [build_spec(o, rt.cluster(o.cluster)) for o in options]
+    with Lease(rt.lease_dir) as lease:
+        tasks = _register(rt, built, lease.id)
+        by_cluster: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_cluster.setdefault(task.cluster, []).append(task)
+        permanent: TransportError | None = None
+        for cluster, group in by_cluster.items():
+            try:
+                start_attempts(rt, cluster, group, lease)
+            except TransportError as exc:
+                for task in group:
+                    rt.registry.add_event(
+                        task.id, "warning",
+                        f"cluster {cluster} unreachable ({exc.message}); the next sync submits it",
+                        source=rt.source,
+                    )  # fmt: skip
+                if not exc.transient and permanent is None:
+                    ids = ", ".join(t.id for t in group)
+                    permanent = type(exc)(
+                        f"{exc.message}\n  task(s) {ids} registered but not submitted; "
+                        "`hpcbridge sync` submits them once this is fixed",
+                        hint=exc.hint,
+                    )
+    if permanent is not None:
+        raise permanent
+    return [rt.registry.get_task(t.id) for t in tasks]
+
+
+def _register(rt: Runtime, built: Sequence[tuple[Any, dict[str, str]]], lease: str) -> list[Task]:
+    now = time.time()
+    for _ in range(3):
+        tasks = [
+            Task(id=(tid := new_task_id(now)), spec=spec, state=S.CREATED, metadata=metadata,
+                 created_at=now, updated_at=now, lease=lease,
+                 output_dir=str(rt.data_dir / "outputs" / tid))
+            for spec, metadata in built
+        ]  # fmt: skip
+        try:  # one transaction for the whole batch
+            rt.registry.insert_tasks(tasks, source=rt.source, detail="task registered")
+            return tasks
+        except sqlite3.IntegrityError:  # an id made in the same ms by another process
+            log.info("task id collision with another process; drawing new ids")
+    raise RegistryError("could not allocate unique task ids after 3 tries")
+
+
+def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Lease) -> None:
+    """Stage (if needed) and submit a new attempt for each task, write-ahead, under ``lease``.
+
+    Raises TransportError when the cluster cannot be reached before anything was submitted;
+    staged-but-unsubmitted tasks are handed back (``created``, due at once) for the sync.
+    """
+    if not tasks:
+        return
+    backend = rt.backend(cluster)
+    held = {"lease": lease.id, "lease_lost_at": None}
+    need_stage = [t for t in tasks if _claim_for_staging(rt, t, held)]
+    staged: dict[str, str] = {}
+    if need_stage:
+        try:
+            results = backend.prepare(need_stage)
+        except TransportError:
+            for t in need_stage:
+                # next_attempt_at marks it as handed over: sync may start it right away.
+                rt.try_transition(t.id, S.STAGING, S.CREATED, "staging interrupted: cluster unreachable",
+                                  fields={"next_attempt_at": time.time()})  # fmt: skip
+            raise
+        for t in need_stage:
+            res = results.get(t.id)
+            if isinstance(res, str):
+                staged[t.id] = res
+            elif res is not None and res.transient:
+                rt.try_transition(t.id, S.STAGING, S.CREATED, f"staging failed, will retry: {res}",
+                                  fields={"next_attempt_at": time.time()})  # fmt: skip
+            else:
+                rt.try_transition(t.id, S.STAGING, S.FAILED, f"staging failed: {res}",
+                                  fields={"reason": f"staging failed: {res}", "ended_at": time.time()})  # fmt: skip
+    # Charge the scheduler budget before the write-ahead commit, so a budget wait never
+    # happens between the commit and sbatch.
+    rt.charge(cluster, 1)
+    requests = [r for t in tasks if (r := _write_ahead(rt, t, staged, held)) is not None]
+    if not requests:
+        return
+    outcomes = backend.submit(requests)
+    by_token = {o.token: o for o in outcomes}
+    stray: list[PollRequest] = []
+    for req in requests:
+        if record_outcome(rt, req, by_token.get(req.token)) and (job := by_token[req.token]).job_id:
+            stray.append(PollRequest(task_id=req.task.id, attempt=req.attempt, token=req.token,
+                                     job_id=job.job_id, work_dir=req.task.work_dir,
+                                     backend_ref=job.backend_ref))  # fmt: skip
+    if stray:
+        rt.charge(cluster, 1)
+        backend.cancel(stray)
+
+
+def _claim_for_staging(rt: Runtime, t: Task, held: Mapping[str, Any]) -> bool:
+    """Whether this process stages ``t``: a new task is claimed by compare-and-set."""
+    if t.state == S.STAGING:
+        try:  # handed back by an interrupted staging of our own lease
+            rt.registry.update_task(t.id, held, expected=S.STAGING)
+            return True
+        except ConflictError:
+            return False
+    return t.state == S.CREATED and rt.try_transition(
+        t.id, S.CREATED, S.STAGING, "staging inputs", fields=held
+    )
+
+
+def _write_ahead(rt: Runtime, t: Task, staged: Mapping[str, str], held: Mapping[str, Any]) -> SubmitRequest | None:
+    current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
+    if current == S.STAGING and t.id not in staged:
+        return None  # not ours to stage, or staging failed
+    if current not in (S.STAGING, *WAITING):
+        return None
+    number = t.attempt_count + 1
+    token = new_token()
+    fields: dict[str, Any] = {"attempt_count": number, "next_attempt_at": None, **held}
+    if t.id in staged:
+        fields["work_dir"] = staged[t.id]
+    try:
+        with rt.registry.transaction():
+            # State first: the compare-and-set decides who submits this attempt, and a loser
+            # rolls back before writing an attempt row.
+            rt.registry.transition(
+                t.id, current, S.SUBMITTING, source=rt.source, attempt=number,
+                detail=f"attempt {number}: submitting (token {token})", fields=fields,
+                expected_attempt=t.attempt_count,
+            )  # fmt: skip
+            rt.registry.add_attempt(Attempt(task_id=t.id, number=number, token=token,
+                                            state=S.SUBMITTING, created_at=time.time()))  # fmt: skip
+    except (ConflictError, sqlite3.IntegrityError) as exc:
+        log.info("task %s: not submitted, changed meanwhile: %s", t.id, exc)
+        return None
+    task = rt.registry.get_task(t.id)
+    return SubmitRequest(task=task, attempt=number, token=token, exclude_nodes=task.excluded_nodes)
+
+
+def record_outcome(rt: Runtime, req: SubmitRequest, out: SubmitOutcome | None) -> bool:
+    """Record what the backend said of one submission. Returns True when a job was created
+    for an attempt that is no longer current (the caller cancels it)."""
+    tid, n = req.task.id, req.attempt
+    now = time.time()
+    if out is not None and out.job_id:
+        with rt.registry.transaction():
+            att = {a.number: a for a in rt.registry.attempts(tid)}.get(n)
+            task = rt.registry.get_task(tid)
+            if att is None or att.state != S.SUBMITTING or task.attempt_count != n:
+                rt.registry.update_attempt(tid, n, {"job_id": out.job_id, "submitted_at": now})
+                rt.registry.add_event(
+                    tid, "warning",
+                    f"attempt {n}: job {out.job_id} was created after the attempt was given up "
+                    f"({att.state.value if att else 'no attempt row'}); cancelling it",
+                    source=rt.source, attempt=n,
+                )  # fmt: skip
+                return True
+            rt.registry.update_attempt(
+                tid, n, {"job_id": out.job_id, "submitted_at": now, "last_seen_at": now,
+                         "backend_ref": out.backend_ref, "state": S.QUEUED},
+            )  # fmt: skip
+            if task.state == S.SUBMITTING:
+                fields = {} if task.submitted_at else {"submitted_at": now}
+                rt.registry.transition(
+                    tid, S.SUBMITTING, S.QUEUED, source=rt.source, attempt=n,
+                    detail=f"attempt {n}: job {out.job_id} submitted", fields=fields,
+                    expected_attempt=n,
+                )  # fmt: skip
+        log.info("task %s attempt %s: submitted as job %s", tid, n, out.job_id)
+        return False
+    error = out.error if out is not None else None
+    if out is None or out.unknown or (error is not None and error.transient):
+        rt.registry.add_event(
+            tid, "warning",
+            f"attempt {n}: submission outcome unknown ({error}); the next sync looks for the job by token",
+            source=rt.source, attempt=n,
+        )  # fmt: skip
+        return False
+    reason = f"submission rejected: {error}"
+    with rt.registry.transaction():
+        rt.registry.update_attempt(tid, n, {"state": S.FAILED, "reason": reason, "ended_at": now})
+        rt.try_transition(tid, S.SUBMITTING, S.FAILED, reason, attempt=n, expected_attempt=n,
+                          fields={"reason": reason, "ended_at": now})  # fmt: skip
+    return False
