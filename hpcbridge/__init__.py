@@ -9,29 +9,65 @@ Quick start::
     task.download_outputs("results/")
 
 ``hpcbridge.Task(id)`` works in any later process: the registry is the source of truth.
+Test helpers (a scripted backend, a replayed transport) are in ``hpcbridge.testing``.
 """
 
 from .api import Task, configure, get_task, list_tasks, submit, submit_many, sync, wait_all
+from .cycle import SyncReport
 from .errors import (
+    AmbiguousTaskId,
+    AuthenticationError,
+    BackendError,
+    CommandFailed,
+    CommandTimeout,
     ConfigError,
+    ConflictError,
+    HostKeyError,
     HpcBridgeError,
+    IllegalTransition,
+    ParseError,
+    RegistryBusy,
+    RegistryError,
+    SchedulerError,
+    SchedulerUnavailable,
     TaskNotFound,
     TransportError,
     UsageError,
+    WaitTimeout,
 )
 from .lifecycle import RetryPolicy, TaskState
+from .options import SubmitOptions
+from .transport import RemoteFileError, RemoteFileNotFound
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousTaskId",
+    "AuthenticationError",
+    "BackendError",
+    "CommandFailed",
+    "CommandTimeout",
     "ConfigError",
+    "ConflictError",
+    "HostKeyError",
     "HpcBridgeError",
+    "IllegalTransition",
+    "ParseError",
+    "RegistryBusy",
+    "RegistryError",
+    "RemoteFileError",
+    "RemoteFileNotFound",
     "RetryPolicy",
+    "SchedulerError",
+    "SchedulerUnavailable",
+    "SubmitOptions",
+    "SyncReport",
     "Task",
     "TaskNotFound",
     "TaskState",
     "TransportError",
     "UsageError",
+    "WaitTimeout",
     "configure",
     "get_task",
     "list_tasks",

@@ -71,3 +71,45 @@ def test_every_public_task_member_has_a_docstring(name):
 def test_task_public_surface_is_what_the_docs_promise():
     assert {"wait", "kill", "logs", "download_outputs", "status", "metadata", "info",
             "events", "attempts", "record", "name"} <= set(_public_members(hpcbridge.Task))  # fmt: skip
+
+
+def _readme_public_names() -> set[str]:
+    """The names listed in README's "Public names (`hpcbridge.__all__`)" paragraph."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("Public names (`hpcbridge.__all__`)")
+    para = text[start : text.index("\n\n", start)]
+    # `Task` (`status`, ...) lists members in parentheses: only top-level names count.
+    depth, top = 0, []
+    for ch in para:
+        depth += ch == "("
+        depth -= ch == ")"
+        top.append(ch if depth == 0 or ch == ")" else " ")
+    import re
+
+    return set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", "".join(top))) - {"hpcbridge"}
+
+
+def test_all_equals_the_documented_public_names_both_ways():
+    documented = _readme_public_names()
+    assert sorted(set(hpcbridge.__all__) - documented) == [], "exported but not in README"
+    assert sorted(documented - set(hpcbridge.__all__)) == [], "in README but not exported"
+
+
+def test_every_error_a_caller_can_meet_is_exported():
+    import hpcbridge.errors
+    import hpcbridge.transport
+
+    errors = {
+        name
+        for module in (hpcbridge.errors, hpcbridge.transport)
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, hpcbridge.HpcBridgeError)
+    }
+    assert sorted(errors - set(hpcbridge.__all__)) == []
+
+
+def test_wait_timeout_is_both_an_hpcbridge_error_and_a_timeout_error():
+    assert issubclass(hpcbridge.WaitTimeout, hpcbridge.HpcBridgeError)
+    assert issubclass(hpcbridge.WaitTimeout, TimeoutError)
