@@ -76,13 +76,40 @@ class TransportStats:
 class Transport(Protocol):
     """Runs commands and moves files on the machine where the scheduler lives.
 
+    Implementations: :class:`~hpcbridge.transport.ssh.SSHTransport` (one persistent paramiko
+    connection, SFTP for files), :class:`~hpcbridge.transport.local.LocalTransport`
+    (subprocess and pathlib), and :class:`hpcbridge.testing.ReplayTransport` for tests.
+
     Remote paths are strings (POSIX). ``~`` and ``~/x`` mean the (remote) home directory;
     a relative path is relative to it, as over ``ssh``. Commands are argv lists, never shell
     strings; ``run_script`` is the one explicit way to run shell code.
+
+    Errors, for every method:
+
+    * :class:`~hpcbridge.errors.TransportError` (transient): the host could not be reached or
+      the connection broke; nothing is known about the remote side. Subclasses:
+      :class:`~hpcbridge.errors.HostKeyError` and :class:`~hpcbridge.errors.AuthenticationError`
+      (not transient: someone must fix the setup), :class:`~hpcbridge.errors.CommandTimeout`
+      (a command outlived its timeout; its outcome is unknown). Only SSH meets the first kind;
+      the local transport raises ``CommandTimeout`` and nothing else of this family.
+    * :class:`~hpcbridge.errors.UsageError`: an invalid argv or path (a string instead of a
+      list, NUL bytes, ``~other``), before anything is sent.
+    * File methods: :class:`RemoteFileNotFound` (also a ``FileNotFoundError``) and
+      :class:`RemoteFileError` (also an ``OSError``: permission denied, not a directory, ...).
+
+    The SSH transport connects on first use, reconnects (with bounded retries) when the
+    connection died between operations, and repeats an operation only when it provably never
+    reached the server; ``SSHTransport.connect()`` (not part of this protocol) connects now.
+    Both implementations may be used from several threads at once. The owner of a transport
+    closes it: a backend given one closes it in its own ``close()``.
     """
 
     description: str
+    """Who is on the other end, for messages: ``ssh user@host:port via user@jump:22`` or
+    ``local``."""
+
     stats: TransportStats
+    """Counters of this transport's work since it was made (or last ``stats.reset()``)."""
 
     def run(
         self,
@@ -92,7 +119,34 @@ class Transport(Protocol):
         timeout: float | None = None,
         check: bool = False,
         what: str | None = None,
-    ) -> CommandResult: ...
+    ) -> CommandResult:
+        """Run one command, without a shell, in the home directory, and wait for it.
+
+        ``argv`` is checked by :func:`check_argv` (``UsageError``); over SSH it is quoted
+        once into the command string sshd hands to the login user's shell, and with
+        ``login_shell`` it runs as ``bash -lc <argv>``. ``stdin`` (``str`` is sent as UTF-8)
+        is written and then closed, so a command reading stdin always sees EOF. ``timeout``
+        (seconds) defaults to the cluster's ``command_timeout``; ``what`` names the command
+        in error messages ("submitting jobs").
+
+        Returns a :class:`~hpcbridge.models.CommandResult` whose ``argv`` is the checked
+        ``argv`` (not a login-shell wrapper), with stdout/stderr read completely and decoded as
+        UTF-8 (undecodable bytes replaced). A program that does not exist gives exit status
+        127 (126: not executable), as a shell would, not an exception. A command killed by a
+        signal gives a negative status (local: ``-signal``; SSH: ``-1``).
+
+        Raises ``CommandFailed`` (carrying argv, exit status, stderr and stdout) when ``check``
+        is true and the status is not 0; ``CommandTimeout`` when it did not finish in time
+        (local: its process group is killed; SSH: the channel is closed and the remote process
+        may go on); ``TransportError`` when the connection failed while starting it or broke
+        while it ran. Counts one ``stats.round_trips``.
+
+        Not safe to repeat blindly: after ``CommandTimeout`` or ``TransportError`` the command
+        may or may not have run (the SSH transport retries only when the failure happened
+        before the command was sent). Repeat only what is idempotent (a query), and reconcile
+        the rest (a submission is found again by its token).
+        """
+        ...
 
     def run_script(
         self,
@@ -101,25 +155,119 @@ class Transport(Protocol):
         timeout: float | None = None,
         check: bool = False,
         what: str | None = None,
-    ) -> CommandResult: ...
+    ) -> CommandResult:
+        """Run ``script`` as bash code: it is fed on stdin to ``bash -s`` (``bash -l -s`` with
+        ``login_shell``), in the home directory, in one round trip whatever its length.
 
-    def put(self, local: Path, remote: str) -> None: ...
+        The caller quotes everything it puts into the script (``shlex.quote``); nothing else
+        is ever interpreted by a shell. The result's ``argv`` is the interpreter's
+        (``("bash", "-s")``). Timeout, ``check``, ``what``, the errors raised and the
+        "outcome unknown" rule are exactly those of :meth:`run`: a script that timed out or
+        lost its connection may have run in part, so it must not be repeated blindly.
+        """
+        ...
 
-    def get(self, remote: str, local: Path) -> None: ...
+    def put(self, local: Path, remote: str) -> None:
+        """Copy the local file or directory ``local`` to the path ``remote``.
 
-    def list_files(self, remote_dir: str) -> list[str]: ...
+        A directory is copied recursively (symlinks inside it are followed). Missing remote
+        parent directories are created; an existing file is replaced atomically (written to a
+        temporary name beside it, then renamed), so a reader never sees half a file. The file
+        mode travels with the file (scripts stay executable).
 
-    def read_text(self, remote: str, *, tail_lines: int | None = None) -> str: ...
+        Raises ``RemoteFileNotFound`` when ``local`` does not exist (the local side, named as
+        ``put (local source)``), ``RemoteFileError`` when the remote side refuses (permission,
+        not a directory, disk full), ``TransportError`` when the connection cannot be
+        restored. Safe to repeat: the same call converges on the same result.
+        """
+        ...
 
-    def write_text(self, remote: str, text: str, *, mode: int = 0o644) -> None: ...
+    def get(self, remote: str, local: Path) -> None:
+        """Copy the remote file ``remote`` to the local path ``local``.
 
-    def makedirs(self, remote: str) -> None: ...
+        Local parent directories are created; ``local`` is replaced atomically (temporary
+        file + rename), so an interrupted download leaves no partial file behind. Only
+        regular files: for a directory, list it with :meth:`list_files` and get each file.
 
-    def exists(self, remote: str) -> bool: ...
+        Raises ``RemoteFileNotFound`` when ``remote`` does not exist (the local transport
+        also when it is not a regular file), ``RemoteFileError`` for other refusals,
+        ``TransportError`` when the connection cannot be restored; a failure to write the
+        local file can surface as a plain ``OSError``. Safe to repeat.
+        """
+        ...
 
-    def expand(self, remote: str) -> str: ...
+    def list_files(self, remote_dir: str) -> list[str]:
+        """Every regular file below ``remote_dir``, recursively, as sorted POSIX paths
+        relative to it (``["out/a.h5", "result.json"]``); as ``find DIR -type f``: symlinks are
+        neither followed nor listed, empty directories do not appear. Names that are not UTF-8
+        round-trip to the local file system (surrogate escapes).
 
-    def close(self) -> None: ...
+        Raises ``RemoteFileNotFound`` when ``remote_dir`` does not exist and ``RemoteFileError``
+        when it is not a directory. An unreadable subdirectory raises ``RemoteFileError`` over
+        SSH (``find`` fails) but is skipped by the local transport. Over SSH it costs one
+        command execution. Read-only: safe to repeat.
+        """
+        ...
+
+    def read_text(self, remote: str, *, tail_lines: int | None = None) -> str:
+        """The content of the file ``remote``, decoded as UTF-8 (undecodable bytes replaced);
+        with ``tail_lines``, only its last lines exactly as ``tail -n`` prints them (0 gives
+        ``""``). The tail never downloads the whole file (SSH runs ``tail`` remotely; the
+        local transport reads from the end).
+
+        Raises ``RemoteFileNotFound`` (a ``FileNotFoundError``: ``except FileNotFoundError``
+        is how callers treat "no log yet") when it does not exist, ``RemoteFileError`` for
+        other refusals, ``TransportError`` when the connection cannot be restored. Safe to
+        repeat.
+        """
+        ...
+
+    def write_text(self, remote: str, text: str, *, mode: int = 0o644) -> None:
+        """Write ``text`` (UTF-8) to the file ``remote`` atomically (temporary file beside
+        it, then rename), creating missing parent directories. The file gets exactly
+        ``mode``, whatever the remote umask.
+
+        Raises ``RemoteFileError`` when the remote side refuses (permission, a directory in
+        the way), ``TransportError`` when the connection cannot be restored. Safe to repeat.
+        """
+        ...
+
+    def makedirs(self, remote: str) -> None:
+        """Create the directory ``remote`` and any missing parents, as ``mkdir -p``; an
+        existing directory is fine. Over SSH this is one command execution.
+
+        Raises ``RemoteFileError`` when it cannot be created (permission, a file in the way),
+        ``TransportError`` when the connection cannot be restored. Safe to repeat.
+        """
+        ...
+
+    def exists(self, remote: str) -> bool:
+        """Whether ``remote`` exists (file, directory or anything else; a symlink is
+        followed, so a dangling one does not exist).
+
+        When the check itself is refused (a parent directory without search permission),
+        SSH raises ``RemoteFileError`` while the local transport answers ``False``. Raises
+        ``TransportError`` when the connection cannot be restored. Read-only: safe to repeat.
+        """
+        ...
+
+    def expand(self, remote: str) -> str:
+        """The absolute form of a remote path: ``~`` -> the home directory, ``~/x`` and a
+        relative ``x`` -> ``<home>/x``, an absolute path unchanged (not normalised).
+
+        Raises ``UsageError`` for an empty path, a NUL byte or ``~user``. The SSH transport
+        learns the home directory with one SFTP request the first time it needs it (never for
+        an absolute path) and may then raise ``TransportError``; the local transport's home is
+        the one it was made with. Safe to repeat.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection: SSH closes its SFTP session, the connection and those to
+        jump hosts; the local transport holds nothing. Never raises, may be called more than
+        once, and the transport stays usable (SSH reconnects on the next operation).
+        """
+        ...
 
 
 # ----------------------------------------------------------------------------- pure helpers
