@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .backends.base import PollRequest
@@ -162,7 +162,7 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
                               f"attempt {att.number}: job {info.job_id} turned up for an attempt "
                               "already given up as never submitted; cancelling it",
                               source=rt.source, attempt=att.number)  # fmt: skip
-                effects.cancel.append((reg.get_task(att.task_id), att))
+                effects.cancel.append((reg.get_task(att.task_id), replace(att, job_id=info.job_id)))
 
     # 2. Cancels: what the user asked for, and jobs that must not run again.
     _cancel(rt, cluster, tasks, effects, report)

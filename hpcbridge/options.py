@@ -26,12 +26,17 @@ from .paths import check_output_pattern
 STR, INT, BOOL, STR_LIST, STR_MAP = "str", "int", "bool", "list of str", "map of str to str"
 
 
-def _opt(kind: str, help: str, default: Any = None) -> Any:
-    if kind in (STR_LIST,):
+_EMPTY = object()
+
+
+def _opt(kind: str, help: str, default: Any = _EMPTY) -> Any:
+    if default is not _EMPTY:
+        return field(default=default, metadata={"kind": kind, "help": help})
+    if kind == STR_LIST:
         return field(default=(), metadata={"kind": kind, "help": help})
     if kind == STR_MAP:
         return field(default_factory=dict, metadata={"kind": kind, "help": help})
-    return field(default=default, metadata={"kind": kind, "help": help})
+    return field(default=None, metadata={"kind": kind, "help": help})
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class SubmitOptions:
     sbatch_options: tuple[str, ...] = _opt(STR_LIST, "Extra sbatch option, e.g. --constraint=fast (repeatable).")
     max_attempts: int | None = _opt(INT, "Attempts allowed (resubmissions after preemption/node failure).")
     retry_on: tuple[str, ...] | None = _opt(
-        STR_LIST, "Outcome that earns a new attempt (repeatable; default preempted + node_failed)."
+        STR_LIST, "Outcome that earns a new attempt (repeatable; default preempted + node_failed).",
+        default=None,  # None: the cluster's policy; () retries nothing
     )
     requeue: bool | None = _opt(BOOL, "Let Slurm requeue the job itself.")
     exclude_failed_nodes: bool | None = _opt(BOOL, "Exclude a failed node from the next attempt.")

@@ -200,13 +200,17 @@ def test_attempt_committed_but_sbatch_never_ran(fast_config: Path, db: Path) -> 
         assert svc.get(task_id).state == S.SUBMITTING
         assert [a.number for a in svc.attempts(task_id)] == [1]
 
-        # After it: attempt 1 is written off as never submitted, and exactly one new one goes out.
+        # After it (counted from when the submitter was found gone): attempt 1 is written off
+        # as never submitted, and after the retry backoff exactly one new one goes out.
         time.sleep(max(0.0, (att.created_at or 0) + SUBMIT_GRACE + 0.5 - time.time()))
         report = svc.sync_cluster("lab")
         assert (task_id, "submitting", "retrying") in report.changes, report
+        assert svc.get(task_id).next_attempt_at is not None, "a never-submitted attempt backs off"
+        drive_until(svc, task_id, lambda t: t.attempt_count == 2 and t.state != S.SUBMITTING, 60,
+                    "the second attempt to be submitted")  # fmt: skip
         a1, a2 = svc.attempts(task_id)
         assert (a1.state, a1.reason, a1.job_id) == (S.LOST, "never submitted", None)
-        assert a2.job_id, "the new attempt is submitted in the same cycle"
+        assert a2.job_id, "the new attempt is submitted"
         assert any(f"no job found for token {att.token}" in e.detail for e in svc.events(task_id))
 
         done = drive_until(svc, task_id, lambda t: t.state.terminal, 120, "task to finish")
