@@ -171,14 +171,15 @@ def get_task(task_id: str) -> Task:
 
 def submit(command: Sequence[str] | None = None, *, script: str | None = None,
            cluster: str | None = None, name: str | None = None,
-           inputs: Iterable[str | os.PathLike[str]] = (), outputs: Iterable[str] = (),
+           inputs: Sequence[str | os.PathLike[str]] = (), outputs: Sequence[str] = (),
            metadata: Mapping[str, str] | None = None, **options: Any) -> Task:  # fmt: skip
     """Submit one task and return at once. ``command`` is an argument list, run without a
-    shell; pass ``script="..."`` instead to run a bash script. ``options``: time, cpus, mem,
-    gres, partition, account, qos, sbatch_options, signal, env, max_attempts, retry_on,
-    requeue, exclude_failed_nodes."""
+    shell; pass ``script="..."`` instead to run a bash script. ``options`` are the other
+    fields of ``SubmitOptions`` (time, cpus, mem, gres, partition, account, qos,
+    sbatch_options, signal, env, max_attempts, retry_on, requeue, exclude_failed_nodes,
+    require_outputs); an unknown or mistyped one raises UsageError."""
     spec = dict(command=command, script=script, cluster=cluster, name=name,
-                inputs=list(inputs), outputs=list(outputs), metadata=metadata, **options)  # fmt: skip
+                inputs=inputs, outputs=outputs, metadata=metadata, **options)  # fmt: skip
     svc = _service()
     return Task(svc.submit(**spec).id)
 
