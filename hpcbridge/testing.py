@@ -11,13 +11,15 @@ or httpx's ``MockTransport``). Nothing here touches a cluster, a network or ``su
     job vanish, outputs appear; every call is recorded in ``backend.calls``. Job ids are
     allocated sequentially (1000, 1001, ...). Use it to drive the sync cycle without Slurm::
 
-        backend = FakeBackend()
-        backend.set_state("sim", None, TaskState.RUNNING, nodes="node1")  # task name or id
-        ...submit a task named "sim" and sync once...
-        backend.set_state("sim", None, TaskState.SUCCEEDED, exit_code=0)
-        backend.set_outputs("sim", {"result.json": "{}"})
-        ...sync again: the task is succeeded, result.json fetched...
-        assert [c.method for c in backend.calls] == ["prepare", "submit", "poll", "poll", ...]
+        backend = FakeBackend(script={"sim": [TaskState.RUNNING, TaskState.SUCCEEDED]})
+        backend.set_outputs("sim", {"result.json": "{}"})     # keys: task name or task id
+        runtime = Runtime(config, registry, backends={"lab": backend})
+        Service(runtime).submit(command=["python3", "sim.py"], name="sim", cluster="lab",
+                                outputs=["*.json"])           # job 1000, queued
+        sync_cluster(runtime, "lab")                          # running
+        sync_cluster(runtime, "lab")                          # succeeded, result.json fetched
+        assert [c.method for c in backend.calls] == [
+            "prepare", "submit", "poll", "poll", "fetch_outputs"]
 
 :class:`ReplayTransport`
     Replays captured scheduler output behind the :class:`~hpcbridge.transport.base.Transport`
