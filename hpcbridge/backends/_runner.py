@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcbridge-runner")
     parser.add_argument("--dir", required=True)
     parser.add_argument("--attempt", type=int, required=True)
-    parser.add_argument("--env-json", default="{}")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = work / ".hpcbridge"
     marks = meta / str(args.attempt)
     marks.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(json.loads(args.env_json))
+    env = dict(os.environ)  # the task's env arrives in ours (never on the command line)
     env["HPCBRIDGE_ATTEMPT"] = str(args.attempt)
 
     with open(meta / f"attempt-{args.attempt}.out", "ab") as out, open(

@@ -116,8 +116,6 @@ class LocalBackend:
             str(work),
             "--attempt",
             str(req.attempt),
-            "--env-json",
-            json.dumps(dict(task.spec.env)),
             "--",
             *command,
         ]
@@ -127,6 +125,9 @@ class LocalBackend:
             with open(work / META_DIR / f"runner-{req.attempt}.log", "ab") as runner_log:
                 proc = subprocess.Popen(
                     argv,
+                    # The task's env goes through the environment, never the command line:
+                    # argv is world-readable in /proc and `ps`, and env values hold secrets.
+                    env={**os.environ, **task.spec.env},
                     cwd=work,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,

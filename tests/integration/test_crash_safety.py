@@ -165,7 +165,9 @@ def test_the_checker_sees_orphans_and_duplicates(fast_config: Path, db: Path) ->
 
     real_submit(sent)  # the same attempt submitted twice: what the write-ahead log prevents
     svc.close()
-    wait_for(lambda: len(jobs_of(task_id, since)) == 2, 30, "the second job to show in Slurm")
+    # Wait for what the checker reads: both jobs in sacct (it lags squeue), not just squeue.
+    wait_for(lambda: [j.get("source") for j in jobs_of(task_id, since).values()] == ["sacct", "sacct"],
+             30, "sacct to list both jobs")  # fmt: skip
     verdict = ct.verify(db, since)
     # "same job name twice" always; "two jobs ran to completion" too once both have ended.
     dups = verdict["duplicates"]

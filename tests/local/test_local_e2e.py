@@ -542,3 +542,16 @@ def test_submit_from_file_rejects_bad_lines_before_registering_anything(hb, run_
     assert res.returncode == 1 and f"{garbled}:2: not JSON" in res.stderr
     assert "Traceback" not in res.stderr
     assert hpcbridge.list_tasks() == []
+
+
+def test_task_env_values_never_reach_a_command_line(hb):
+    """Secrets in a task's env travel in the environment, never in argv (world-readable)."""
+    task = hpcbridge.submit(py("import os, time; print(os.environ['API_TOKEN']); time.sleep(3)"),
+                            env={"API_TOKEN": "s3cr3t-value"})
+    att = task.attempts()[0]
+    pid = int(att.job_id or 0)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"hpcbridge" in cmdline  # it is the runner
+    assert b"s3cr3t-value" not in cmdline
+    assert task.wait(timeout=30) == S.SUCCEEDED
+    assert task.logs() == "s3cr3t-value\n"
