@@ -107,6 +107,13 @@ def _lookup(cfg: paramiko.SSHConfig | None, alias: str) -> dict[str, Any]:
     return dict(cfg.lookup(alias))
 
 
+def _existing_identities(opts: dict[str, Any]) -> tuple[str, ...]:
+    """IdentityFile entries of ~/.ssh/config that exist: OpenSSH skips a missing one (a
+    ``Host *`` default like ~/.ssh/id_ecdsa that was never made) and tries the next."""
+    paths = (os.path.expanduser(p) for p in opts.get("identityfile") or ())
+    return tuple(p for p in paths if os.path.exists(p))
+
+
 def resolve_target(
     cluster: ClusterConfig,
     *,
@@ -124,14 +131,22 @@ def resolve_target(
     if cluster.identity_file:
         identities: tuple[str, ...] = (os.path.expanduser(cluster.identity_file),)
     else:
-        identities = tuple(os.path.expanduser(p) for p in opts.get("identityfile") or ())
+        identities = _existing_identities(opts)
     jump_spec = cluster.proxy_jump or opts.get("proxyjump")
+    proxy_command = str(opts.get("proxycommand") or "")
+    if proxy_command and proxy_command.lower() != "none" and not jump_spec:
+        raise ConfigError(
+            f"cluster {cluster.name!r}: ~/.ssh/config gives host {cluster.host!r} a ProxyCommand "
+            f"({proxy_command!r}), which hpcbridge does not run",
+            hint="use ProxyJump in ~/.ssh/config or proxy_jump = 'user@bastion' in the cluster's "
+                 "config (the same hop, without a shell command)",
+        )
     jumps: list[SSHTarget] = []
     if jump_spec and str(jump_spec).lower() != "none":
         for hop in str(jump_spec).split(","):
             hop_user, hop_alias, hop_port = parse_jump(hop)
             hop_opts = _lookup(cfg, hop_alias)
-            hop_ids = tuple(os.path.expanduser(p) for p in hop_opts.get("identityfile") or ())
+            hop_ids = _existing_identities(hop_opts)
             jumps.append(
                 SSHTarget(
                     alias=hop_alias,

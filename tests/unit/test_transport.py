@@ -344,7 +344,7 @@ Host bastion
     HostName bastion.example.org
     User bob
     Port 2222
-    IdentityFile /keys/bastion
+    IdentityFile {keys}/bastion
 
 Host direct
     HostName direct.example.org
@@ -356,9 +356,15 @@ Host *
 
 
 @pytest.fixture
-def ssh_config(tmp_path: Path) -> Path:
+def ssh_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The identity files exist (a missing one is skipped, as OpenSSH does; tested below).
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    (tmp_path / "home" / ".ssh" / "lab_key").write_text("key")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "bastion").write_text("key")
     path = tmp_path / "ssh_config"
-    path.write_text(SSH_CONFIG)
+    path.write_text(SSH_CONFIG.replace("{keys}", str(tmp_path / "keys")))
     return path
 
 
@@ -369,7 +375,7 @@ def test_resolve_from_ssh_config(ssh_config: Path) -> None:
     assert target.identity_files == (os.path.expanduser("~/.ssh/lab_key"),)
     (hop,) = target.jumps
     assert (hop.hostname, hop.port, hop.user, hop.identity_files) == (
-        "bastion.example.org", 2222, "bob", ("/keys/bastion",))
+        "bastion.example.org", 2222, "bob", (str(ssh_config.parent / "keys" / "bastion"),))
     assert target.describe() == "ssh alice@10.1.2.3:2200 via bob@bastion.example.org:2222"
 
 
@@ -644,3 +650,25 @@ def test_channel_open_failures_exhaust_retries(monkeypatch: pytest.MonkeyPatch) 
         t.run(["true"])
     assert "cannot open a session channel" in str(info.value) and info.value.transient
     assert t.stats.round_trips == 0
+
+
+def test_a_missing_identity_file_in_ssh_config_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSH tries the IdentityFiles that exist (a `Host *` default may name keys never made)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "real").write_text("key")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host c\n    IdentityFile {tmp_path}/absent\n    IdentityFile {tmp_path}/real\n")
+    cluster = ClusterConfig(name="c", backend="slurm", transport="ssh", host="c")
+    assert resolve_target(cluster, ssh_config_path=cfg).identity_files == (str(tmp_path / "real"),)
+
+
+def test_proxy_command_is_refused_with_the_alternative(tmp_path: Path) -> None:
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text("Host c\n    ProxyCommand ssh -W %h:%p bastion\n")
+    cluster = ClusterConfig(name="c", backend="slurm", transport="ssh", host="c")
+    with pytest.raises(ConfigError, match="ProxyCommand") as info:
+        resolve_target(cluster, ssh_config_path=cfg)
+    assert "proxy_jump" in (info.value.hint or "")
+    # With a ProxyJump for the same host the ProxyCommand is not needed: no error.
+    with_jump = ClusterConfig(name="c", backend="slurm", transport="ssh", host="c", proxy_jump="b")
+    assert resolve_target(with_jump, ssh_config_path=cfg).jumps[0].alias == "b"
