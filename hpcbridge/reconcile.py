@@ -102,7 +102,7 @@ def apply_observation(
         mapped = info.requeue_states[-1] if cause_known and info.requeue_states else None
         cause = mapped if mapped in INTERRUPTIONS else None
         what = cause_raw or "an unknown cause (no accounting row)"
-        details.append(f"job {info.job_id} requeued by the scheduler (restart {info.restarts}) after {what}")
+        details.append(f"job {info.job_id} requeued by Slurm (restart {info.restarts}) after {what}")
         if cause is not None:
             plan = plan_transition(current, cause, policy=policy, attempts_done=att.number,
                                    slurm_will_requeue=True)  # fmt: skip
