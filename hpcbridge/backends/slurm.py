@@ -173,7 +173,8 @@ class SlurmBackend:
     # -- polling ------------------------------------------------------------------------
     def _run_query(self, argv: list[str], what: str) -> str:
         self.commands += 1
-        res = self.transport.run(argv, timeout=self.cluster.command_timeout, what=what)
+        res = self.transport.run(slurm.scrub_env(argv), timeout=self.cluster.command_timeout,
+                                 what=what)  # fmt: skip
         if res.ok:
             return res.stdout
         if slurm.squeue_missing_job_error(res.exit_status, res.stderr):
@@ -191,63 +192,111 @@ class SlurmBackend:
         )
 
     def poll(self, requests: Sequence[PollRequest]) -> dict[str, JobInfo]:
+        """One squeue, at most two sacct and one marker probe, whatever the task count.
+
+        A job whose row could not be read is answered with ``state=None`` (unknown: change
+        nothing), never left out: a missing token means "the scheduler has no record"."""
         if not requests:
             return {}
         tz = self._zone()
         problems: list[str] = []
-        rows = slurm.parse_squeue(
-            self._run_query(slurm.squeue_argv(bin_dir=self._bin()), "squeue"), tz=tz, problems=problems
-        )
-        live = {r.job_id: r for r in rows}
-        by_token = {slurm.token_from_comment(r.comment): r for r in rows if r.comment}
+        sq_bad: list[slurm.BadRow] = []
+        rows = slurm.parse_squeue(self._run_query(slurm.squeue_argv(bin_dir=self._bin()), "squeue"),
+                                  tz=tz, problems=problems, bad_rows=sq_bad)  # fmt: skip
+        sq_unreadable = slurm.Unreadable.of(sq_bad)
+        live = slurm.by_job_id(rows)
+        by_token = {slurm.token_from_comment(r.comment): r for r in live.values() if r.comment}
+        by_name = {r.name: r for r in live.values() if r.name}
+
+        def in_squeue(req: PollRequest) -> JobInfo | None:
+            if req.job_id:
+                return live.get(req.job_id)
+            return by_token.get(req.token) or by_name.get(slurm.job_name(req.task_id, req.attempt))
+
+        def squeue_unknown(req: PollRequest) -> slurm.BadRow | None:
+            # squeue is the live truth: a job it printed unreadably (or, with a row naming no
+            # job, any job it did not list) must not be judged from sacct's lagging view.
+            if in_squeue(req) is not None:
+                return None
+            return sq_unreadable.find(req.job_id, req.token) or sq_unreadable.blind
+
         # sacct only for what squeue cannot tell: jobs it no longer lists, requeue causes of
         # restarted jobs, and jobs whose submission outcome is unknown (found by job name).
-        want_ids = sorted({r.job_id for r in requests if r.job_id and r.job_id not in live}
+        asked = [r for r in requests if squeue_unknown(r) is None]
+        want_ids = sorted({r.job_id for r in asked if r.job_id and r.job_id not in live}
                           | {j for j, r in live.items() if r.restarts > 0 and _is_ours(r)})  # fmt: skip
-        unknown = [r for r in requests if not r.job_id and r.token not in by_token]
+        unknown = [r for r in asked if not r.job_id and in_squeue(r) is None]
         acct: dict[str, JobInfo] = {}
+        sa_bad: list[slurm.BadRow] = []
         if want_ids and self._accounting:
             argv = slurm.sacct_argv(want_ids, tz=tz, bin_dir=self._bin())
-            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz, problems=problems))
+            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz,
+                                          problems=problems, bad_rows=sa_bad))  # fmt: skip
         if unknown and self._accounting:
             # -j and --name combine as AND in sacct, so unknown outcomes get their own query.
             names = [slurm.job_name(r.task_id, r.attempt) for r in unknown]
             argv = slurm.sacct_argv(names=names, since=time.time() - UNKNOWN_LOOKBACK_SECONDS,
                                     tz=tz, bin_dir=self._bin())  # fmt: skip
-            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz, problems=problems))
+            acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz,
+                                          problems=problems, bad_rows=sa_bad))  # fmt: skip
+        sa_unreadable = slurm.Unreadable.of(sa_bad)
         for p in problems:
             log.warning("cluster %s: %s", self.cluster.name, p)
-        merged = slurm.merge_views(rows, acct)
+        merged = slurm.merge_views(live.values(), acct)
         acct_by_token = {slurm.token_from_comment(r.comment): r for r in acct.values() if r.comment}
+        acct_by_name = {r.name: r for r in acct.values() if r.name}
         out: dict[str, JobInfo] = {}
         missing: list[PollRequest] = []
         for req in requests:
-            info = merged.get(req.job_id) if req.job_id else (by_token.get(req.token) or acct_by_token.get(req.token))
-            if info is not None and req.job_id is None:
-                info = merged.get(info.job_id, info)
+            bad = squeue_unknown(req)
+            if bad is not None:
+                out[req.token] = slurm.unknown_job(req.job_id, bad)
+                continue
+            if req.job_id:
+                info = merged.get(req.job_id)
+            else:
+                info = (in_squeue(req) or acct_by_token.get(req.token)
+                        or acct_by_name.get(slurm.job_name(req.task_id, req.attempt)))  # fmt: skip
+                info = merged.get(info.job_id, info) if info is not None else None
+            if info is None and (bad := sa_unreadable.find(req.job_id, req.token)
+                                 or (sa_unreadable.blind if req in asked else None)):  # fmt: skip
+                info = slurm.unknown_job(req.job_id, bad)
             if info is None:
                 missing.append(req)
             else:
                 out[req.token] = info
-        if missing:
-            out.update(self._from_markers([r for r in missing if r.job_id and r.work_dir]))
+        out.update(self._from_markers(missing, merged))
         return out
 
-    def _from_markers(self, requests: Sequence[PollRequest]) -> dict[str, JobInfo]:
-        """Jobs neither squeue nor sacct know (accounting off, or purged): read the markers
-        the batch script left. Only an exit_code marker ends a job; otherwise it stays absent
-        and becomes lost after the grace period."""
+    def _from_markers(self, requests: Sequence[PollRequest],
+                      merged: dict[str, JobInfo]) -> dict[str, JobInfo]:  # fmt: skip
+        """Jobs neither squeue nor sacct know (accounting off, purged, or an attempt whose
+        sbatch reply was lost): the markers. The job id the submission script wrote names the
+        job of a token-only attempt (looked up among the rows already read); only an
+        exit_code marker ends a job; otherwise it stays absent and becomes lost after the
+        grace period."""
+        marks = self._read_markers([r for r in requests if r.work_dir])
+        out: dict[str, JobInfo] = {}
+        for req in requests:
+            got = marks.get(req.token, {})
+            marked = got.get("job_id", "")
+            job_id = req.job_id or (marked if marked.isdigit() else None)
+            if job_id is None:
+                continue
+            info = None if req.job_id else merged.get(job_id)
+            info = info or slurm.job_from_markers(job_id, got)
+            if info is not None:
+                out[req.token] = info
+        return out
+
+    def _read_markers(self, requests: Sequence[PollRequest]) -> dict[str, dict[str, str]]:
+        """token -> {marker file: value} for these attempts, in one round trip (none for no
+        attempts)."""
         if not requests:
             return {}
         dirs = {r.token: slurm.marker_dir(r.work_dir or "", r.attempt) for r in requests}
         res = self.transport.run_script(slurm.render_marker_probe(dirs), what="reading job markers")
-        marks = slurm.parse_marker_report(res.stdout)
-        out: dict[str, JobInfo] = {}
-        for r in requests:
-            info = slurm.job_from_markers(r.job_id, marks.get(r.token, {})) if r.job_id else None
-            if info is not None:
-                out[r.token] = info
-        return out
+        return slurm.parse_marker_report(res.stdout)
 
     # -- cancel / files -----------------------------------------------------------------
     def cancel(self, requests: Sequence[PollRequest]) -> None:
@@ -255,7 +304,8 @@ class SlurmBackend:
         if not ids:
             return
         self.commands += 1
-        res = self.transport.run(slurm.scancel_argv(ids, bin_dir=self._bin()), what="scancel")
+        res = self.transport.run(slurm.scrub_env(slurm.scancel_argv(ids, bin_dir=self._bin())),
+                                 what="scancel")  # fmt: skip
         if not res.ok:
             # scancel exits non-zero when some ids already ended; the poll tells the truth.
             log.info("cluster %s: scancel exit %s: %s", self.cluster.name, res.exit_status,

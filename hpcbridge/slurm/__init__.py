@@ -6,6 +6,8 @@
 * ``parse``: squeue / sacct / scontrol / sbatch output -> ``JobInfo``; time and exit-code
   parsing; ``merge_views`` (squeue's live state + sacct's history).
 * ``script``: the batch script of one attempt (``#SBATCH`` header and the job wrapper).
+* ``sbatch_options``: which extra sbatch options a task may add (``check_sbatch_options``).
+* ``hostlist``: ``c[01,05],d[2-4]`` <-> node names.
 * ``bulk``: the bash scripts that submit many jobs / read many attempts' markers in one exec,
   and the parsers of their reports.
 
@@ -29,6 +31,8 @@ from .bulk import (
 from .commands import (
     COMMENT_PREFIX,
     SACCT_FIELDS,
+    SCHEDULER_ENV,
+    SCHEDULER_ENV_PREFIXES,
     SQUEUE_FIELDS,
     check_text,
     comment_for_token,
@@ -37,12 +41,18 @@ from .commands import (
     sbatch_argv,
     scancel_argv,
     scontrol_show_job_argv,
+    scrub_env,
+    scrub_env_shell,
     squeue_argv,
     squeue_missing_job_error,
     token_from_comment,
 )
+from .hostlist import compress_hostlist, expand_hostlist
 from .parse import (
+    BadRow,
+    Unreadable,
     accounting_disabled,
+    by_job_id,
     merge_views,
     parse_exit_code,
     parse_sacct,
@@ -51,7 +61,9 @@ from .parse import (
     parse_slurm_time,
     parse_squeue,
     scheduler_unreachable,
+    unknown_job,
 )
+from .sbatch_options import check_sbatch_options, merge_excludes
 from .script import (
     heredoc_delimiter,
     merge_resources,
@@ -62,8 +74,12 @@ from .script import (
 from .states import (
     COMPACT_CODES,
     FLAG_PRECEDENCE,
+    HELD_REASONS,
+    LAUNCH_FAILED_REASONS,
     STATE_TABLE,
+    classify_job,
     map_state,
+    normalize_reason,
     normalize_state,
     requeue_state,
 )
@@ -72,22 +88,35 @@ __all__ = [
     "COMMENT_PREFIX",
     "COMPACT_CODES",
     "FLAG_PRECEDENCE",
+    "HELD_REASONS",
+    "LAUNCH_FAILED_REASONS",
     "MARKER_FILES",
     "SACCT_FIELDS",
+    "SCHEDULER_ENV",
+    "SCHEDULER_ENV_PREFIXES",
     "SQUEUE_FIELDS",
     "STATE_TABLE",
+    "BadRow",
     "BulkJob",
     "SubmitReport",
+    "Unreadable",
     "accounting_disabled",
+    "by_job_id",
+    "check_sbatch_options",
     "check_text",
+    "classify_job",
     "comment_for_token",
+    "compress_hostlist",
+    "expand_hostlist",
     "heredoc_delimiter",
     "job_from_markers",
     "job_name",
     "map_state",
     "marker_dir",
+    "merge_excludes",
     "merge_resources",
     "merge_views",
+    "normalize_reason",
     "normalize_state",
     "parse_exit_code",
     "parse_marker_report",
@@ -109,7 +138,10 @@ __all__ = [
     "scancel_argv",
     "scheduler_unreachable",
     "scontrol_show_job_argv",
+    "scrub_env",
+    "scrub_env_shell",
     "squeue_argv",
     "squeue_missing_job_error",
     "token_from_comment",
+    "unknown_job",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..lifecycle import TaskState
 from ..models import JobInfo
+from .commands import scrub_env_shell
 
 _LINE = re.compile(r"^HPCB (\S+) (\d+) (.*)$")
 _ERR = re.compile(r"^HPCBERR (\S+) (\S*)$")
@@ -33,7 +34,9 @@ _UNCERTAIN = re.compile(
 )
 
 # The marker files the probe reads (the wrapper writes them; see script.py).
-MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node")
+# job_id is written twice: by the submission script right after sbatch returns (so an attempt
+# whose sbatch reply was lost can still be resolved), and by the wrapper from SLURM_JOB_ID.
+MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node", "job_id")
 
 
 def marker_dir(work_dir: str, attempt: int) -> str:
@@ -74,16 +77,24 @@ def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lane
     lanes = max(1, min(lanes, len(jobs)))
     # Each lane is a background subshell submitting its share in order and writing its
     # report lines to its own file (no interleaving); the files are printed at the end.
-    lines = ["set -u", "umask 077", "mkdir -p -- " + " ".join(shlex.quote(j.dir) for j in jobs),
+    lines = ["set -u",
+             "# sbatch applies SBATCH_* (and more) over the #SBATCH lines: run it without them.",
+             scrub_env_shell(),
+             "umask 077", "mkdir -p -- " + " ".join(shlex.quote(j.dir) for j in jobs),
              "__out=$(mktemp -d) || exit 70", "trap 'rm -rf \"$__out\"' EXIT"]  # fmt: skip
     per_lane: list[list[str]] = [[] for _ in range(lanes)]
     for k, job in enumerate(jobs):
         tok = shlex.quote(job.token)
+        # On success only sbatch's last stdout line counts (a site's wrapper or a warning may
+        # print before the id); its job id goes into the marker dir at once (builtins only:
+        # no extra fork per job), so a lost report can still be resolved from the markers.
         per_lane[k % lanes].append(
             f"d={shlex.quote(job.dir)}; "
             f"if printf %s {shlex.quote(job.script)} > \"$d/job.sh\"; then "
             f"o=$({cmd} \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
             f"else o='cannot write the job script'; r=255; fi; "
+            f"if [ \"$r\" -eq 0 ]; then o=${{o##*$'\\n'}}; i=${{o%%;*}}; case $i in "
+            f"''|*[!0-9]*) ;; *) printf '%s\\n' \"$i\" > \"$d/job_id\" ;; esac; fi; "
             f"printf 'HPCB %s %s %s\\n' {tok} \"$r\" \"${{o//$'\\n'/ }}\"; "
             f"if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' {tok} "
             f"\"$(head -c 3000 \"$d/sbatch.err\" 2>/dev/null | base64 -w0)\"; fi"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 
 from ..errors import UsageError
@@ -60,6 +60,52 @@ SACCT_FIELDS: tuple[str, ...] = (
     "Comment",
 )
 
+# The INPUT ENVIRONMENT VARIABLES sections of man sbatch, squeue, sacct, scancel, scontrol and
+# sstat (22.05.8 and 26.05.5; 24.11 lists a subset of 26.05). Any of them in the login
+# environment changes what hpcbridge submits or reads: SBATCH_PARTITION overrides the
+# #SBATCH lines (measured), SQUEUE_USERS/SQUEUE_PARTITION/SQUEUE_STATES filter jobs out of the
+# poll (absence!), SLURM_TIME_FORMAT/SLURM_JSON/SLURM_YAML change the printed form,
+# SLURM_CLUSTERS points at another cluster, SLURM_EXIT_ERROR changes the exit status read as
+# "unknown job id". Kept on purpose: SLURM_CONF (which cluster the commands talk to is the
+# site's setup) and SLURM_UMASK (only the permissions of the job's log files: the user's).
+SCHEDULER_ENV: tuple[str, ...] = (
+    # sbatch
+    "SBATCH_ACCOUNT", "SBATCH_ACCTG_FREQ", "SBATCH_ARRAY_INX", "SBATCH_BATCH",
+    "SBATCH_CLUSTERS", "SBATCH_CONSTRAINT", "SBATCH_CONTAINER", "SBATCH_CONTAINER_ID",
+    "SBATCH_CONTAINER_TYPE", "SBATCH_CORE_SPEC", "SBATCH_CPUS_PER_GPU", "SBATCH_DEBUG",
+    "SBATCH_DELAY_BOOT", "SBATCH_DISTRIBUTION", "SBATCH_ERROR", "SBATCH_EXCLUSIVE",
+    "SBATCH_EXPORT", "SBATCH_GET_USER_ENV", "SBATCH_GPU_BIND", "SBATCH_GPU_FREQ",
+    "SBATCH_GPUS", "SBATCH_GPUS_PER_NODE", "SBATCH_GPUS_PER_TASK", "SBATCH_GRES",
+    "SBATCH_GRES_FLAGS", "SBATCH_HINT", "SBATCH_IGNORE_PBS", "SBATCH_INPUT", "SBATCH_JOB_NAME",
+    "SBATCH_MEM_BIND", "SBATCH_MEM_PER_CPU", "SBATCH_MEM_PER_GPU", "SBATCH_MEM_PER_NODE",
+    "SBATCH_NETWORK", "SBATCH_NO_KILL", "SBATCH_NO_REQUEUE", "SBATCH_OPEN_MODE",
+    "SBATCH_OUTPUT", "SBATCH_OVERCOMMIT", "SBATCH_PARTITION", "SBATCH_POWER", "SBATCH_PROFILE",
+    "SBATCH_QOS", "SBATCH_REQ_SWITCH", "SBATCH_REQUEUE", "SBATCH_RESERVATION",
+    "SBATCH_SEGMENT_SIZE", "SBATCH_SIGNAL", "SBATCH_SPREAD_JOB", "SBATCH_THREAD_SPEC",
+    "SBATCH_THREADS_PER_CORE", "SBATCH_TIMELIMIT", "SBATCH_TRES_BIND", "SBATCH_TRES_PER_TASK",
+    "SBATCH_USE_MIN_NODES", "SBATCH_WAIT", "SBATCH_WAIT_ALL_NODES", "SBATCH_WAIT4SWITCH",
+    "SBATCH_WCKEY", "SLURM_HINT", "SLURM_EXIT_ERROR", "SLURM_STEP_KILLED_MSG_NODE_ID",
+    # squeue
+    "SQUEUE_ACCOUNT", "SQUEUE_ALL", "SQUEUE_ARRAY", "SQUEUE_NAMES", "SQUEUE_FEDERATION",
+    "SQUEUE_FORMAT", "SQUEUE_FORMAT2", "SQUEUE_LICENSES", "SQUEUE_LOCAL", "SQUEUE_PARTITION",
+    "SQUEUE_PRIORITY", "SQUEUE_QOS", "SQUEUE_SIBLING", "SQUEUE_SORT", "SQUEUE_STATES",
+    "SQUEUE_USERS",
+    # sacct
+    "SACCT_FEDERATION", "SACCT_FORMAT", "SACCT_LOCAL",
+    # scancel
+    "SCANCEL_ACCOUNT", "SCANCEL_BATCH", "SCANCEL_CTLD", "SCANCEL_CRON", "SCANCEL_FULL",
+    "SCANCEL_HURRY", "SCANCEL_INTERACTIVE", "SCANCEL_NAME", "SCANCEL_PARTITION", "SCANCEL_QOS",
+    "SCANCEL_STATE", "SCANCEL_USER", "SCANCEL_VERBOSE", "SCANCEL_WCKEY",
+    # scontrol
+    "SCONTROL_ALL", "SCONTROL_FEDERATION", "SCONTROL_FUTURE", "SCONTROL_LOCAL",
+    "SCONTROL_SIBLING", "SLURM_CONF_OUT", "SLURM_TOPO_LEN",
+    # shared by several (sstat: only SLURM_CONF and SLURM_DEBUG_FLAGS)
+    "SLURM_BITSTR_LEN", "SLURM_CLUSTERS", "SLURM_DEBUG_FLAGS", "SLURM_JSON",
+    "SLURM_TIME_FORMAT", "SLURM_YAML",
+)  # fmt: skip
+# Whole families, for bash (``unset ${!SBATCH_@}``): also catches names a newer Slurm adds.
+SCHEDULER_ENV_PREFIXES: tuple[str, ...] = ("SBATCH_", "SQUEUE_", "SACCT_", "SCANCEL_", "SCONTROL_")
+
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -72,6 +118,26 @@ def check_text(what: str, value: str) -> str:
     if any(c in value for c in "\n\r\x00"):
         raise UsageError(f"{what} may not contain newline, carriage return or NUL: {value!r}")
     return value
+
+
+def scrub_env(argv: Sequence[str]) -> list[str]:
+    """``argv`` run without the scheduler's input environment variables (``SCHEDULER_ENV``):
+    ``env -u NAME ... <argv>``. ``env`` runs after any login shell, so a variable a profile
+    sets is removed too. Every scheduler command hpcbridge runs goes through this (or, in a
+    bash script, ``scrub_env_shell()``); the job itself still gets the user's environment."""
+    out = ["env"]
+    for name in SCHEDULER_ENV:
+        out += ["-u", name]
+    return out + list(argv)
+
+
+def scrub_env_shell() -> str:
+    """The bash lines that remove the scheduler's input variables from a script's
+    environment: every name of ``SCHEDULER_ENV`` plus whole ``SCHEDULER_ENV_PREFIXES``
+    families (``${!SBATCH_@}`` expands to every set variable named SBATCH_...)."""
+    families = " ".join(f'"${{!{p}@}}"' for p in SCHEDULER_ENV_PREFIXES)
+    names = " ".join(n for n in SCHEDULER_ENV if not n.startswith(SCHEDULER_ENV_PREFIXES))
+    return f"unset {families} 2>/dev/null; unset {names}"
 
 
 def _check_job_ids(job_ids: Iterable[str]) -> list[str]:

@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from ..errors import UsageError
 from ..models import Resources, TaskSpec
 from .commands import check_text, comment_for_token, job_name
+from .hostlist import compress_hostlist
+from .sbatch_options import check_sbatch_options, merge_excludes
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NODE = re.compile(r"^[A-Za-z0-9_.\-\[\],]+$")
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}(:\d{1,2})?|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$", re.I)
 _MEM = re.compile(r"^\d+[KMGT]?B?$", re.I)
-_SIGNAL = re.compile(r"^((B|R|RB|BR):)?[A-Za-z0-9]+(@\d+)?$")
+_SIGNAL = re.compile(r"^((B|R|RB|BR):)?([A-Za-z0-9]+)(@\d+)?$")
 
 
 def merge_resources(task: Resources, defaults: Resources) -> Resources:
@@ -51,8 +52,25 @@ def sbatch_quote(value: str) -> str:
 
 
 def percent_escape(path: str) -> str:
-    # --output/--error are filename patterns: %j, %x, ... are replaced; %% is a literal %.
+    """A path for --output/--error, which are filename patterns: %j, %x, ... are replaced,
+    %% is a literal %. (A backslash switches the patterns off and is itself dropped, so
+    render_batch_script refuses work dirs with one.)"""
     return path.replace("%", "%%")
+
+
+def _check_signal(spec: str) -> str:
+    m = _SIGNAL.match(spec)
+    if not m:
+        raise UsageError(f"invalid signal spec {spec!r}", hint="e.g. B:USR1@60")
+    flags, sig = (m[2] or ""), m[3].upper().removeprefix("SIG")
+    if "B" in flags and sig in ("TERM", "15"):
+        # TERM is what Slurm sends every process of the job on cancel, time limit and
+        # preemption; the wrapper never passes a TERM on (the task would get two), so a TERM
+        # for the batch shell alone would never reach the task.
+        raise UsageError(f"signal spec {spec!r}: a TERM for the batch shell never reaches "
+                         "the task", hint="use another signal, e.g. B:USR1@60, and "
+                         "checkpoint on it")  # fmt: skip
+    return spec
 
 
 def render_batch_script(
@@ -85,6 +103,12 @@ def render_batch_script(
             f"work_dir must be absolute on the cluster, got {work_dir!r}",
             hint="resolve '~' to the remote home before rendering",
         )
+    if "\\" in work_dir:
+        # slurmstepd reads a backslash in an --output/--error path as "no patterns here" and
+        # drops it (22.05 keeps one of a doubled pair, 24.11 drops them all): the logs would
+        # land somewhere hpcbridge does not read.
+        raise UsageError(f"work_dir may not contain a backslash: {work_dir!r}",
+                         hint="choose a work_dir without '\\'")  # fmt: skip
     work_dir = posixpath.normpath(work_dir)
     meta = posixpath.join(work_dir, ".hpcbridge")
     marker_dir = posixpath.join(meta, str(attempt))
@@ -100,6 +124,7 @@ def render_batch_script(
         "--open-mode=append",
     ]
     r = resources
+    extra_opts, extra_excludes = check_sbatch_options(r.sbatch_options)
     for flag, value in (("partition", r.partition), ("account", r.account), ("qos", r.qos)):
         if value is not None:
             opts.append(f"--{flag}={check_text(flag, value)}")
@@ -118,20 +143,16 @@ def render_batch_script(
     if r.gres is not None:
         opts.append(f"--gres={check_text('gres', r.gres)}")
     if r.signal is not None:
-        if not _SIGNAL.match(r.signal):
-            raise UsageError(f"invalid signal spec {r.signal!r}", hint="e.g. B:USR1@60")
-        opts.append(f"--signal={r.signal}")
-    if exclude_nodes:
-        for node in exclude_nodes:
-            if not _NODE.match(node):
-                raise UsageError(f"invalid node name {node!r}")
-        opts.append("--exclude=" + ",".join(exclude_nodes))
+        opts.append(f"--signal={_check_signal(r.signal)}")
+    try:
+        excluded = merge_excludes(tuple(exclude_nodes), extra_excludes)
+    except ValueError as exc:
+        raise UsageError(f"invalid node exclusion list {list(exclude_nodes)!r}: {exc}",
+                         hint="node names or Slurm hostlists, e.g. node[1-3]") from exc  # fmt: skip
+    if excluded:
+        opts.append("--exclude=" + compress_hostlist(excluded))
     opts.append("--requeue" if requeue else "--no-requeue")
-    for extra in r.sbatch_options:
-        check_text("sbatch option", extra)
-        if not extra.startswith("-"):
-            raise UsageError(f"sbatch options must start with '-', got {extra!r}")
-        opts.append(extra)
+    opts.extend(extra_opts)
 
     lines = ["#!/bin/bash"]
     for o in opts:
@@ -143,7 +164,10 @@ def render_batch_script(
     lines += [
         f"# hpcbridge task {job_name(task_id, attempt)}: no #SBATCH lines below this point",
         "set -u",
-        f"__hpcb_dir={shlex.quote(marker_dir)}",
+        "# This shell only keeps the markers and passes signals on. The task's environment and",
+        "# the site setup are applied in the task's own process below, so nothing they set",
+        "# (PATH, a variable named like these) can move or break the markers.",
+        f"readonly __hpcb_dir={shlex.quote(marker_dir)}",
         'mkdir -p "$__hpcb_dir"',
         "# Markers are written to a temp file and renamed: a reader never sees half a value.",
         "__hpcb_mark() {",
@@ -156,20 +180,23 @@ def render_batch_script(
         '__hpcb_mark job_id "${SLURM_JOB_ID:-}"',
         '__hpcb_mark restarts "${SLURM_RESTART_COUNT:-0}"',
     ]
+    # What runs in the task's process before the task: site setup (verbatim, unindented: it
+    # may hold here-documents), then the environment (cluster env first, the task's wins).
+    child: list[str] = []
     if setup:
-        lines.append("# --- cluster setup (site configuration, verbatim) ---")
+        child.append("# --- cluster setup (site configuration, verbatim) ---")
         for s in setup:
             if "\x00" in s:
                 raise UsageError("setup lines may not contain NUL")
-            lines.append(s)
-        lines.append("# --- end of cluster setup ---")
+            child.append(s)
+        child.append("# --- end of cluster setup ---")
     merged_env: dict[str, str] = {**dict(env or {}), **dict(spec.env)}
     for key, value in merged_env.items():
         if not _ENV_NAME.match(key):
             raise UsageError(f"invalid environment variable name {key!r}")
         if "\x00" in value:
             raise UsageError(f"environment value of {key} contains NUL")
-        lines.append(f"export {key}={shlex.quote(value)}")
+        child.append(f"    export {key}={shlex.quote(value)}")
 
     if spec.script is not None:
         body = spec.script
@@ -183,9 +210,8 @@ def render_batch_script(
             f"cat > \"$__hpcb_dir/script.sh\" <<'{delim}'",
             body.rstrip("\n"),
             delim,
-            'command_to_run=(bash "$__hpcb_dir/script.sh")',
         ]
-        run = '"${command_to_run[@]}"'
+        run = 'bash "$__hpcb_dir/script.sh"'
     else:
         for arg in spec.command:
             if "\x00" in arg:
@@ -201,12 +227,24 @@ def render_batch_script(
         "# A signal that arrives before the child exists is kept and delivered once it does.",
         "__hpcb_pending=",
         '__hpcb_fwd() { __hpcb_sig=1; if [ -n "$__hpcb_child" ]; then kill -s "$1" "$__hpcb_child" 2>/dev/null; else __hpcb_pending=$1; fi; return 0; }',
-        "trap '__hpcb_fwd TERM' TERM",
+        "# TERM is never passed on: on scancel, the time limit and preemption Slurm sends it to",
+        "# every process of the job, the task included (a second one would interrupt its",
+        "# checkpoint). This shell only keeps waiting for the task, then records its end.",
+        "__hpcb_term=",
+        "trap '__hpcb_sig=1; __hpcb_term=1' TERM",
         "trap '__hpcb_fwd USR1' USR1",
         "trap '__hpcb_fwd USR2' USR2",
         "trap '__hpcb_fwd INT' INT",
+        "# Terminated before the task started: it never got Slurm's TERM, so do not start it.",
+        'if [ -n "$__hpcb_term" ]; then __hpcb_mark exit_code 143; exit 143; fi',
         "set -m",
-        f"{run} &",
+        "(",
+        "    # Until the task replaces this subshell, a passed-on signal must not end it.",
+        "    trap : USR1 USR2 INT",
+        *child,
+        "    trap - USR1 USR2 INT",
+        f"    exec {run}",
+        ") &",
         "__hpcb_child=$!",
         "set +m",
         'if [ -n "$__hpcb_pending" ]; then kill -s "$__hpcb_pending" "$__hpcb_child" 2>/dev/null; fi',

@@ -68,15 +68,16 @@ STATE_TABLE: Mapping[str, TaskState | None] = MappingProxyType(
         # sacct -D it is the requeue cause (scontrol requeue).
         "REQUEUED": S.QUEUED,
         "REQUEUE_FED": S.QUEUED,  # requeued by a federation
-        "REQUEUE_HOLD": S.QUEUED,  # requeued and held: waits for `scontrol release`
-        "RESV_DEL_HOLD": S.QUEUED,  # its reservation was deleted; held until released
+        # --- held: waiting, but will not start until somebody releases it ----------------
+        "REQUEUE_HOLD": S.HELD,  # requeued and held: waits for `scontrol release`
+        "RESV_DEL_HOLD": S.HELD,  # its reservation was deleted; held until released
         "EXPEDITING": S.QUEUED,  # 25.x: an expedited requeue is in progress
         # SPECIAL_EXIT is a requeue-HOLD after a special exit value (set by EpilogSlurmctld
         # or `scontrol requeuehold State=SpecialExit`). The base state is PENDING and the job
         # runs again under the same id if anybody releases it, so a terminal FAILED here could
-        # later meet a running job of a "failed" task. We say QUEUED (the pending reason
-        # tells the user it is held) and let a cancel or the lost-grace end it.
-        "SPECIAL_EXIT": S.QUEUED,
+        # later meet a running job of a "failed" task: HELD (in flight), and a cancel or the
+        # user's release decides.
+        "SPECIAL_EXIT": S.HELD,
         # --- executing -------------------------------------------------------------------
         "RUNNING": S.RUNNING,
         "RESIZING": S.RUNNING,  # changing size while it runs
@@ -102,10 +103,16 @@ STATE_TABLE: Mapping[str, TaskState | None] = MappingProxyType(
         "BOOT_FAIL": S.NODE_FAILED,  # the node would not boot for the job
         "LAUNCH_FAILED": S.NODE_FAILED,  # the batch launch failed on the node
         "RECONFIG_FAIL": S.NODE_FAILED,  # node reconfiguration (features/reboot) failed
-        # Federation: this cluster's sibling was revoked because another cluster started the
-        # job. hpcbridge tracks a job on ONE cluster and that copy will never run: CANCELLED
-        # (the reason carries the raw state). Open question if federations ever matter.
-        "REVOKED": S.CANCELLED,
+        # Federation (``man squeue``: "Sibling was removed from cluster due to other cluster
+        # starting the job"): this row is a sibling copy that will never run HERE, because the
+        # job started on another cluster of the federation under the same job id. It says
+        # nothing about how the job is doing, and it is certainly not an end: CANCELLED would
+        # end a task whose job is running elsewhere (its outputs never fetched, a resubmit
+        # would run it twice). None = "unknown, change nothing": the task keeps its state,
+        # the row's raw state tells why, and a row of the same job id from the cluster that
+        # runs it (a federated view, FederationParameters=fed_display) wins over it (see
+        # merge_views). hpcbridge follows a job on one cluster: configure that cluster.
+        "REVOKED": None,
         # Internal bookkeeping flag ("send the job to the database again"): says nothing
         # about the job. Only ever seen next to a base state, which then decides.
         "UPDATE_DB": None,
@@ -133,11 +140,26 @@ FLAG_PRECEDENCE: tuple[str, ...] = (
     "POWER_UP_NODE",
 )
 
-# Earlier-instance states (sacct -D) that explain a Slurm-side requeue of the same job id.
-REQUEUE_CAUSES: frozenset[str] = frozenset(
-    {"NODE_FAIL", "PREEMPTED", "REQUEUED", "BOOT_FAIL", "LAUNCH_FAILED", "REQUEUE_HOLD",
-     "SPECIAL_EXIT", "REQUEUE_FED", "EXPEDITING"}
+# Pending reasons that mean "held": the job waits but will not start until released
+# (``scontrol release`` / ``scontrol uhold``). squeue prints the description with spaces
+# ("job requeued in held state"), scontrol with underscores ("job_requeued_in_held_state").
+HELD_REASONS: frozenset[str] = frozenset(
+    {"jobhelduser", "jobheldadmin", "job requeued in held state"}
 )
+# A batch launch that failed on the node (prolog failure, slurmd trouble): Slurm requeues the
+# job HELD with this description (Slurm's own regression test for a failing prolog checks for
+# it). Nobody releases it by itself, so it is a node failure for the retry policy, with the
+# job still alive at the scheduler (JobInfo.job_alive): cancel it before a new attempt.
+LAUNCH_FAILED_REASONS: frozenset[str] = frozenset({"launch failed requeued held"})
+
+
+def normalize_reason(reason: str | None) -> str:
+    """``"(JobHeldUser)"`` -> ``"jobhelduser"``; ``"job_requeued_in_held_state"`` ->
+    ``"job requeued in held state"``: one spelling for squeue's and scontrol's forms."""
+    text = (reason or "").strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    return " ".join(text.replace("_", " ").lower().split())
 
 
 def normalize_state(raw: str) -> tuple[str, str | None]:
@@ -186,3 +208,27 @@ def requeue_state(cause: str) -> TaskState | None:
     this table does not know."""
     state = map_state(cause)
     return state if state in _INTERRUPTIONS else None
+
+
+def classify_job(
+    raw: str, reason: str | None = None, exit_code: int | None = None, signal: int | None = None
+) -> tuple[TaskState | None, bool]:
+    """The lifecycle state of a job row and whether the scheduler still holds the job although
+    the state says the attempt is over (``job_alive``).
+
+    ``map_state`` plus what only the pending reason tells: a PENDING job held by its user or
+    an admin (``JobHeldUser``, ``JobHeldAdmin``, ``job requeued in held state``) is HELD; a job
+    Slurm requeued held after a failed launch (``launch failed requeued held``) is
+    NODE_FAILED and alive, as is ``PENDING,LAUNCH_FAILED`` in the flag form."""
+    state = map_state(raw, exit_code, signal)
+    why = normalize_reason(reason)
+    if state in (S.QUEUED, S.HELD):
+        if why in LAUNCH_FAILED_REASONS:
+            return S.NODE_FAILED, True
+        if why in HELD_REASONS:
+            return S.HELD, False
+    if state is S.NODE_FAILED:
+        base = raw.strip().upper().split(",", 1)[0]
+        if "," in raw and COMPACT_CODES.get(base, base) == "PENDING":
+            return S.NODE_FAILED, True  # requeued after the failure: still in the queue
+    return state, False

@@ -469,11 +469,9 @@ def test_bulk_script_run_in_bash_against_a_fake_sbatch(tmp_path: Path) -> None:
     assert '#SBATCH --partition="nosuchpart"' in job_sh.read_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: parse_sbatch takes the job id from the LAST stdout line (its docstring: warnings may "
-    "come first), but the bulk script folds sbatch's stdout onto one line (${o//$'\\n'/ }), so "
-    "a submission whose sbatch (or a site's sbatch wrapper) printed anything before the id is "
-    "reported 'outcome unknown' instead of its job id"))  # fmt: skip
+# Was a strict xfail: the bulk script folded sbatch's stdout onto one line, so anything sbatch
+# (or a site's sbatch wrapper) printed before the id made the outcome "unknown". It now keeps
+# the last line, as parse_sbatch expects.
 def test_sbatch_output_before_the_job_id_still_gives_the_job_id(tmp_path: Path) -> None:
     bin_dir = fake_sbatch(tmp_path, extra='echo "sbatch: site notice: project quota at 91%"\n')
     transport = ReplayTransport().on_script(run_locally(env={"PATH": os.environ["PATH"]}))

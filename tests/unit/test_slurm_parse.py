@@ -295,4 +295,4 @@ def test_hostile_work_dir_round_trips_through_real_sbatch():
     assert "WorkDir=/tmp/it's a \"dir\" $(x) 100% " in text
     (job,) = slurm.parse_scontrol_show_job(text)
     assert (job.state, job.reason, job.comment, job.name) == (
-        S.QUEUED, "JobHeldUser", "hpcb:tokhostile", "hpcb-hostile-1")
+        S.HELD, "JobHeldUser", "hpcb:tokhostile", "hpcb-hostile-1")

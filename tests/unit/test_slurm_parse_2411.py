@@ -164,11 +164,11 @@ def test_squeue_node_fail_and_scontrol_requeue_pend_with_restarts():
     (rq,) = squeue("squeue_requeue.txt").values()
     assert (rq.state, rq.restarts, rq.reason) == (S.QUEUED, 1, "BeginTime")
     held = squeue("squeue_requeuehold.txt")
-    assert (held["73"].raw_state, held["73"].state, held["73"].restarts) == ("PENDING", S.QUEUED, 1)
+    assert (held["73"].raw_state, held["73"].state, held["73"].restarts) == ("PENDING", S.HELD, 1)
     assert held["73"].reason == "job requeued in held state"
     # SPECIAL_EXIT is a held requeue, not an end (see hpcbridge.slurm.states)
     assert (held["74"].raw_state, held["74"].state, held["74"].restarts) == (
-        "SPECIAL_EXIT", S.QUEUED, 1)
+        "SPECIAL_EXIT", S.HELD, 1)
 
 
 def test_squeue_array_ids_suspend_dependency():
@@ -303,7 +303,7 @@ def test_scontrol_restarts_and_states():
     nf = scontrol("scontrol_node_fail_rerun.txt")["60"]
     assert (nf.state, nf.restarts) == (S.RUNNING, 1)
     held = scontrol("scontrol_requeuehold.txt")
-    assert held["74"].raw_state == "SPECIAL_EXIT" and held["74"].state is S.QUEUED
+    assert held["74"].raw_state == "SPECIAL_EXIT" and held["74"].state is S.HELD
     assert held["73"].restarts == 1 and held["74"].restarts == 1
     exit3 = scontrol("scontrol_failed_exit3.txt")["64"]
     assert (exit3.state, exit3.exit_code, exit3.signal) == (S.FAILED, 3, 0)

@@ -226,10 +226,13 @@ def test_heredoc_delimiter_never_in_body():
 
 
 @pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")
-@pytest.mark.parametrize("sig", ["USR1", "TERM", "INT"])
+# TERM is not here any more: Slurm sends it to every process of the job itself, so the wrapper
+# never passes it on (test_slurm_truth.py: test_a_term_from_slurm_reaches_the_task_once, and
+# test_a_term_to_the_batch_shell_alone_is_not_passed_on below).
+@pytest.mark.parametrize("sig", ["USR1", "USR2", "INT"])
 def test_signals_are_forwarded_to_the_child(tmp_path, sig):
     child = ("import signal, sys, time\n"
-             "for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):\n"
+             "for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):\n"
              "    signal.signal(s, lambda n, f: (print('got', signal.Signals(n).name, flush=True), sys.exit(7)))\n"
              "open('ready', 'w').close()\n"
              "time.sleep(20)\n")
@@ -249,3 +252,32 @@ def test_signals_are_forwarded_to_the_child(tmp_path, sig):
     assert out == f"got SIG{sig}\n"
     assert proc.returncode == 7
     assert (work / ".hpcbridge" / "1" / "exit_code").read_text() == "7\n"
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="needs python3")
+def test_a_term_to_the_batch_shell_alone_is_not_passed_on(tmp_path):
+    """The shell keeps waiting for the task (which Slurm signals itself) and records its end."""
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda n, f: (print('got TERM', flush=True), sys.exit(7)))\n"
+             "open('ready', 'w').close()\n"
+             "while not __import__('os').path.exists('go'):\n"
+             "    time.sleep(0.02)\n"
+             "print('finished', flush=True)\n")
+    work = tmp_path / "work"
+    (work / ".hpcbridge").mkdir(parents=True)
+    script = slurm.render_batch_script(task_id="t1", attempt=1, token="tok1",
+                                       spec=TaskSpec(command=("python3", "-c", child)),
+                                       resources=Resources(), work_dir=str(work))
+    proc = subprocess.Popen(["bash", "-c", script], cwd=work, stdout=subprocess.PIPE, text=True)
+    import time
+    for _ in range(200):
+        if (work / "ready").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(__import__("signal").SIGTERM)
+    time.sleep(0.3)  # let the shell run its TERM trap while the task still waits for "go"
+    (work / "go").touch()
+    out, _ = proc.communicate(timeout=15)
+    assert out == "finished\n"
+    assert proc.returncode == 0
+    assert (work / ".hpcbridge" / "1" / "exit_code").read_text() == "0\n"

@@ -13,7 +13,10 @@
 #SBATCH --mail-user="a\"b c#d"
 # hpcbridge task hpcb-01hq3v7k2m9xyz-2: no #SBATCH lines below this point
 set -u
-__hpcb_dir='/tmp/it'"'"'s a "dir" $(x) 100%/.hpcbridge/2'
+# This shell only keeps the markers and passes signals on. The task's environment and
+# the site setup are applied in the task's own process below, so nothing they set
+# (PATH, a variable named like these) can move or break the markers.
+readonly __hpcb_dir='/tmp/it'"'"'s a "dir" $(x) 100%/.hpcbridge/2'
 mkdir -p "$__hpcb_dir"
 # Markers are written to a temp file and renamed: a reader never sees half a value.
 __hpcb_mark() {
@@ -25,7 +28,6 @@ __hpcb_mark started "$(date +%s)"
 __hpcb_mark node "${SLURMD_NODENAME:-$(hostname)}"
 __hpcb_mark job_id "${SLURM_JOB_ID:-}"
 __hpcb_mark restarts "${SLURM_RESTART_COUNT:-0}"
-export EVIL='$(touch pwned4); `x` '"'"'"'
 # Run the task in the background so this shell can take signals (--signal=B:...,
 # scancel --batch) and pass them on. Job control (set -m) keeps SIGINT deliverable:
 # without it a background child starts with SIGINT ignored.
@@ -34,12 +36,24 @@ __hpcb_sig=
 # A signal that arrives before the child exists is kept and delivered once it does.
 __hpcb_pending=
 __hpcb_fwd() { __hpcb_sig=1; if [ -n "$__hpcb_child" ]; then kill -s "$1" "$__hpcb_child" 2>/dev/null; else __hpcb_pending=$1; fi; return 0; }
-trap '__hpcb_fwd TERM' TERM
+# TERM is never passed on: on scancel, the time limit and preemption Slurm sends it to
+# every process of the job, the task included (a second one would interrupt its
+# checkpoint). This shell only keeps waiting for the task, then records its end.
+__hpcb_term=
+trap '__hpcb_sig=1; __hpcb_term=1' TERM
 trap '__hpcb_fwd USR1' USR1
 trap '__hpcb_fwd USR2' USR2
 trap '__hpcb_fwd INT' INT
+# Terminated before the task started: it never got Slurm's TERM, so do not start it.
+if [ -n "$__hpcb_term" ]; then __hpcb_mark exit_code 143; exit 143; fi
 set -m
-printf '%s\n' 'a'"'"'; touch pwned; echo '"'"'' '$(touch pwned2)' '`touch pwned3`' 'ünï cødé' 'dq" x \" y' '#not-a-comment' '%j %x' &
+(
+    # Until the task replaces this subshell, a passed-on signal must not end it.
+    trap : USR1 USR2 INT
+    export EVIL='$(touch pwned4); `x` '"'"'"'
+    trap - USR1 USR2 INT
+    exec printf '%s\n' 'a'"'"'; touch pwned; echo '"'"'' '$(touch pwned2)' '`touch pwned3`' 'ünï cødé' 'dq" x \" y' '#not-a-comment' '%j %x'
+) &
 __hpcb_child=$!
 set +m
 if [ -n "$__hpcb_pending" ]; then kill -s "$__hpcb_pending" "$__hpcb_child" 2>/dev/null; fi
