@@ -58,11 +58,11 @@ def test_syncs_during_a_slow_sbatch_never_make_a_second_job(lab_config: Path, tm
     db = tmp_path / "registry.db"
     env = {**os.environ, "HPCBRIDGE_CONFIG": str(cfg), "HPCBRIDGE_DB": str(db)}
     since = time.time() - 5
-    svc = Service.open(cfg, db, source="test")
     submitted: list[object] = []
 
-    def submit() -> None:
-        submitted.extend(svc.submit_many([{"command": ["true"], "name": f"slow-{i}"} for i in range(3)]))
+    def submit() -> None:  # the submitting process (its own registry connection)
+        with Service.open(cfg, db, source="test") as sub:
+            submitted.extend(sub.submit_many([{"command": ["true"], "name": f"slow-{i}"} for i in range(3)]))
 
     th = threading.Thread(target=submit)
     th.start()
@@ -77,7 +77,6 @@ def test_syncs_during_a_slow_sbatch_never_make_a_second_job(lab_config: Path, tm
         th.join(1.0)
     assert len(syncs) >= 3, "the syncs must overlap the slow submission"
     assert len(submitted) == 3
-    svc.close()
 
     svc = Service.open(cfg, db, source="test")
     try:
