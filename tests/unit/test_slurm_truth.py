@@ -390,25 +390,27 @@ def wait_for_file(path: Path, timeout: float = 10) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="signals as Slurm sends them")
 def test_a_term_from_slurm_reaches_the_task_once(tmp_path: Path) -> None:
     """scancel, the time limit and preemption TERM every process of the job (the batch step's
-    whole process tree): the wrapper must not pass on a second TERM."""
+    whole process tree, one after the other): the wrapper must not pass on a second TERM
+    while the task is checkpointing."""
     child = ("import os, signal, sys, time\n"
              "n = 0\n"
              "def h(s, f):\n"
              "    global n\n"
              "    n += 1\n"
+             "    open(f'got{n}', 'w').write('1')\n"
              "signal.signal(signal.SIGTERM, h)\n"
              "open('pid', 'w').write(str(os.getpid()))\n"
              "t = time.monotonic()\n"
              "while time.monotonic() - t < 20 and not n:\n"
              "    time.sleep(0.01)\n"
-             "time.sleep(1.0)  # a checkpoint being written: a second TERM would land here\n"
+             "time.sleep(1.5)  # a checkpoint being written: a second TERM would land here\n"
              "print('terms', n, flush=True)\n"
              "sys.exit(0)\n")  # fmt: skip
     proc, work = run_wrapper(tmp_path, TaskSpec(command=("python3", "-c", child)))
     wait_for_file(work / "pid")
-    pid = int((work / "pid").read_text())
-    for target in (proc.pid, pid):  # as slurmstepd does: every process of the step
-        os.kill(target, signal.SIGTERM)
+    os.kill(int((work / "pid").read_text()), signal.SIGTERM)  # the task first...
+    wait_for_file(work / "got1")
+    os.kill(proc.pid, signal.SIGTERM)  # ...then the batch shell, as slurmstepd goes through them
     out, _ = proc.communicate(timeout=30)
     assert out == "terms 1\n"
     assert (work / ".hpcbridge" / "1" / "exit_code").read_text() == "0\n"
