@@ -140,7 +140,8 @@ def scrub_env_shell() -> str:
     return f"unset {families} 2>/dev/null; unset {names}"
 
 
-def _check_job_ids(job_ids: Iterable[str]) -> list[str]:
+def check_job_ids(job_ids: Iterable[str]) -> list[str]:
+    """Job ids as strings, each ``123`` or ``123_4``; raises UsageError otherwise or if none."""
     ids = [str(j) for j in job_ids]
     if not ids:
         raise UsageError("at least one job id is needed")
@@ -150,13 +151,19 @@ def _check_job_ids(job_ids: Iterable[str]) -> list[str]:
     return ids
 
 
-def _cmd(name: str, bin_dir: str | None) -> str:
+def command_path(name: str, bin_dir: str | None) -> str:
+    """The Slurm command ``name``, from ``slurm_bin_dir`` when one is configured (absolute)."""
     if bin_dir is None:
         return name
     check_text("slurm_bin_dir", bin_dir)
     if not posixpath.isabs(bin_dir):
         raise UsageError(f"slurm_bin_dir must be an absolute path, got {bin_dir!r}")
     return posixpath.join(bin_dir, name)
+
+
+# The names other modules of this package used before these became public.
+_check_job_ids = check_job_ids
+_cmd = command_path
 
 
 def _format_time(epoch: float, tz: tzinfo | None) -> str:
@@ -188,7 +195,7 @@ def sbatch_argv(*, script_path: str | None = None, bin_dir: str | None = None) -
 
     ``--parsable`` prints ``<jobid>`` or ``<jobid>;<cluster>``; every other option is in the
     script's #SBATCH lines, so what was submitted is exactly the rendered text."""
-    argv = [_cmd("sbatch", bin_dir), "--parsable"]
+    argv = [command_path("sbatch", bin_dir), "--parsable"]
     if script_path is not None:
         check_text("script path", script_path)
         argv.append(script_path)
@@ -209,13 +216,13 @@ def squeue_argv(
     user's jobs; ``job_ids`` restricts to ids (then a single unknown id makes squeue exit 1:
     see ``squeue_missing_job_error``); ``names`` filters by job name (find by token)."""
     argv = [
-        _cmd("squeue", bin_dir),
+        command_path("squeue", bin_dir),
         "--noheader",
         "--states=all",
         "--Format=" + ",".join(f"{f}:|" for f in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:",
     ]
     if job_ids is not None:
-        argv.append("--jobs=" + ",".join(_check_job_ids(job_ids)))
+        argv.append("--jobs=" + ",".join(check_job_ids(job_ids)))
     if user is not None:
         if not _USER.match(user):
             raise UsageError(f"invalid user name {user!r}")
@@ -259,14 +266,14 @@ def sacct_argv(
     (epoch seconds, rendered in the cluster's zone ``tz``) is required then. With ids and no
     ``since`` sacct searches all history."""
     argv = [
-        _cmd("sacct", bin_dir),
+        command_path("sacct", bin_dir),
         "--parsable2",
         "--noheader",
         "--duplicates",
         "--format=" + ",".join(SACCT_FIELDS),
     ]
     if job_ids is not None:
-        argv.append("--jobs=" + ",".join(_check_job_ids(job_ids)))
+        argv.append("--jobs=" + ",".join(check_job_ids(job_ids)))
     if names is not None:
         argv.append("--name=" + ",".join(_check_names(names)))
     if since is not None:
@@ -285,12 +292,12 @@ def scancel_argv(
 ) -> list[str]:
     """scancel for these jobs. Unknown or finished ids make scancel print an error and exit
     non-zero for those ids only; the caller confirms through the next poll."""
-    argv = [_cmd("scancel", bin_dir)]
+    argv = [command_path("scancel", bin_dir)]
     if signal is not None:
         if not re.match(r"^[A-Za-z0-9]+$", signal):
             raise UsageError(f"invalid signal {signal!r}")
         argv.append(f"--signal={signal}")
-    argv.extend(_check_job_ids(job_ids))
+    argv.extend(check_job_ids(job_ids))
     return argv
 
 
@@ -298,4 +305,4 @@ def scontrol_show_job_argv(job_id: str, *, bin_dir: str | None = None) -> list[s
     """``scontrol -o show job <id>``: one line of Key=Value pairs (has Restarts= on every
     version). Like squeue it exits 1 ("Invalid job id specified") for a job that left the
     controller."""
-    return [_cmd("scontrol", bin_dir), "-o", "show", "job", _check_job_ids([job_id])[0]]
+    return [command_path("scontrol", bin_dir), "-o", "show", "job", check_job_ids([job_id])[0]]

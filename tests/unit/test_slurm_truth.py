@@ -449,3 +449,18 @@ def test_a_batch_shell_term_signal_is_refused(spec: str) -> None:
     with pytest.raises(UsageError) as exc:
         render(resources=Resources(signal=spec))
     assert "USR1" in (exc.value.hint or "")
+
+
+def test_real_relative_time_output_keeps_every_row() -> None:
+    """22.05 lab output with SLURM_TIME_FORMAT=relative (tests/data/slurm/22.05/README-hpcb.md):
+    the rows and their states survive, the imprecise times are dropped, nothing is reported."""
+    data = Path(__file__).resolve().parents[1] / "data" / "slurm" / "22.05"
+    problems: list[str] = []
+    rows = {r.job_id: r for r in slurm.parse_squeue(
+        (data / "hpcb-squeue-relative-time.txt").read_text(), problems=problems)}
+    assert problems == []
+    assert (rows["469"].state, rows["469"].submit_time, rows["469"].nodes) == (S.RUNNING, None, "node1")
+    assert (rows["470"].state, rows["470"].reason) == (S.HELD, "JobHeldUser")
+    assert slurm.token_from_comment(rows["469"].comment) == "tokrel"
+    jobs = slurm.parse_sacct((data / "hpcb-sacct-relative-time.txt").read_text(), problems=problems)
+    assert problems == [] and jobs["469"].submit_time is None
