@@ -124,7 +124,8 @@ def scrub_env(argv: Sequence[str]) -> list[str]:
     """``argv`` run without the scheduler's input environment variables (``SCHEDULER_ENV``):
     ``env -u NAME ... <argv>``. ``env`` runs after any login shell, so a variable a profile
     sets is removed too. Every scheduler command hpcbridge runs goes through this (or, in a
-    bash script, ``scrub_env_shell()``); the job itself still gets the user's environment."""
+    bash script, ``scrub_env_shell()``). The job still gets the user's environment (sbatch
+    exports it), less these variables, which only parameterise Slurm's client commands."""
     out = ["env"]
     for name in SCHEDULER_ENV:
         out += ["-u", name]

@@ -1,4 +1,10 @@
-"""Every Slurm job state, mapped to one lifecycle state. Pure data plus one lookup.
+"""Every Slurm job state, mapped to one lifecycle state. Pure data plus a few lookups.
+
+* ``map_state``: a state word (compact code, long name, "BASE,FLAG" form) -> lifecycle state.
+* ``classify_job``: the same plus what only the pending reason tells: held jobs (HELD) and
+  launch failures that Slurm requeued held (NODE_FAILED with the job still alive).
+* ``requeue_state``: an earlier instance's state (the cause of a Slurm-side requeue) -> the
+  interruption it means, or None.
 
 Sources: the JOB STATE CODES sections of ``man squeue`` / ``man sacct`` (22.05 and 24.11 list
 the same 24 codes), and Slurm's ``job_state_string`` / ``job_state_string_complete``
