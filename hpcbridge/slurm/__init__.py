@@ -67,6 +67,7 @@ from .parse import (
 )
 from .sbatch_options import check_sbatch_options, merge_excludes
 from .script import (
+    check_signal,
     heredoc_delimiter,
     merge_resources,
     percent_escape,
@@ -106,6 +107,7 @@ __all__ = [
     "by_job_id",
     "check_sbatch_options",
     "check_job_ids",
+    "check_signal",
     "check_text",
     "command_path",
     "classify_job",

@@ -58,7 +58,8 @@ def percent_escape(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def _check_signal(spec: str) -> str:
+def check_signal(spec: str) -> str:
+    """A ``--signal`` spec (``[B:|R:]SIG[@seconds]``) the wrapper can honour, or UsageError."""
     m = _SIGNAL.match(spec)
     if not m:
         raise UsageError(f"invalid signal spec {spec!r}", hint="e.g. B:USR1@60")
@@ -143,7 +144,7 @@ def render_batch_script(
     if r.gres is not None:
         opts.append(f"--gres={check_text('gres', r.gres)}")
     if r.signal is not None:
-        opts.append(f"--signal={_check_signal(r.signal)}")
+        opts.append(f"--signal={check_signal(r.signal)}")
     try:
         excluded = merge_excludes(tuple(exclude_nodes), extra_excludes)
     except ValueError as exc:
