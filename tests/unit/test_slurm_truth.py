@@ -464,3 +464,16 @@ def test_real_relative_time_output_keeps_every_row() -> None:
     assert slurm.token_from_comment(rows["469"].comment) == "tokrel"
     jobs = slurm.parse_sacct((data / "hpcb-sacct-relative-time.txt").read_text(), problems=problems)
     assert problems == [] and jobs["469"].submit_time is None
+
+
+def test_the_package_exports_every_public_function_and_class() -> None:
+    import importlib
+    import inspect
+
+    assert all(hasattr(slurm, n) for n in slurm.__all__)
+    for name in ("states", "commands", "parse", "script", "bulk", "hostlist", "sbatch_options"):
+        mod = importlib.import_module(f"hpcbridge.slurm.{name}")
+        defined = {n for n, o in vars(mod).items() if not n.startswith("_")
+                   and (inspect.isfunction(o) or inspect.isclass(o))
+                   and o.__module__ == mod.__name__}  # fmt: skip
+        assert defined <= set(slurm.__all__), (name, defined - set(slurm.__all__))
