@@ -92,6 +92,12 @@ _PLAIN: dict[str, tuple[str, str, bool]] = {
         "it held.",
         "hpcbridge counts this as a node failure; otherwise release it once the node is "
         "fixed.", True),
+    "launch failure limit exceeded requeued held": (
+        "Slurm failed to launch the job too many times and requeued it held.",
+        "Find out why launching fails on its nodes, then release it.", True),
+    "job requeued in special exit state": (
+        "The job was requeued in the SPECIAL_EXIT state (scontrol requeuehold State=SpecialExit).",
+        "Release it (scontrol release ID) or cancel it.", True),
     "JobHoldMaxRequeue": ("The job was requeued too often (MaxBatchRequeue) and is held.",
         "Find out why it keeps failing to launch, then release it.", True),
     "BeginTime": (
@@ -309,11 +315,13 @@ REASONS: Mapping[str, Reason] = _build()
 _BY_NORMAL = {normalize_reason(code): r for code, r in REASONS.items()}
 # state_desc texts squeue prints instead of the code (src/slurmctld, 22.05 and 24.11)
 _DESC = (
+    (re.compile(r"^Nodes required for job are DOWN, DRAINED", re.I), "Resources"),
     (re.compile(r"^Job is at or exceeds (association|QOS)\b", re.I), "AccountingPolicy"),
     (re.compile(r"^uid \d+ not in group permitted to use this partition", re.I),
      "AccountNotAllowed"),
     (re.compile(r"^Reservation \S+ was deleted", re.I), "ReservationDeleted"),
-    (re.compile(r"^Reservation \S+ (is invalid|, which this job)", re.I), "ReservationInvalid"),
+    (re.compile(r"^Reservation \S+ is invalid|^Reservation \S+, which this job was running "
+                r"under, has ended", re.I), "ReservationInvalid"),
 )  # fmt: skip
 
 
@@ -347,11 +355,15 @@ def explain_reason(text: str | None) -> Reason:
 
 # --------------------------------------------------------------------------- the queue
 
-# squeue -O fields, "name:|" = no padding, no truncation, "|" after each (see commands.py).
-# Reason can hold ", " and ":" but no "|"; SchedNodes is "(null)" until backfill plans one.
+# squeue -o fields: JobArrayID (%i, "44_7" with --array), JobID (%A, raw), Partition,
+# PriorityLong (%Q), StartTime (%S: the backfill estimate for a pending job, N/A before one),
+# SchedNodes (%Y, "(null)" before one), Reason (%r, last: it may hold ", " and ":", no "|").
+# A -o format and not -O: with --start, squeue replaces a missing -o format with its own
+# default and ignores -O (src/squeue/opts.c; measured on 22.05: the -O columns vanished).
 PENDING_FIELDS: tuple[str, ...] = (
     "JobArrayID", "JobID", "Partition", "PriorityLong", "StartTime", "SchedNodes", "Reason",
 )  # fmt: skip
+_PENDING_FORMAT = "%i|%A|%P|%Q|%S|%Y|%r"
 
 
 @dataclass(frozen=True)
@@ -367,23 +379,20 @@ class PendingJob:
     reason: str | None
 
 
-def _format() -> str:
-    return "--Format=" + ",".join(f"{f}:|" for f in PENDING_FIELDS)
-
-
 def pending_queue_argv(*, bin_dir: str | None = None) -> list[str]:
     """Every pending job of the cluster (all users), one line per array task (``--array``),
     for ``pending_positions``. One call per cluster and cycle covers all queued tasks, and
-    its StartTime column carries the estimated starts too."""
-    return [_cmd("squeue", bin_dir), "--noheader", "--array", "--states=PENDING", _format()]
+    its StartTime column carries the estimated starts too (the same value --start shows)."""
+    return [_cmd("squeue", bin_dir), "--noheader", "--array", "--states=PENDING",
+            "--format=" + _PENDING_FORMAT]  # fmt: skip
 
 
 def squeue_start_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> list[str]:
     """``squeue --start`` for these jobs (pending only, earliest start first). Like any
     squeue with --jobs it exits 1 if the only id given has left the queue
     (``commands.squeue_missing_job_error``)."""
-    return [_cmd("squeue", bin_dir), "--start", "--noheader", "--array", _format(),
-            "--jobs=" + ",".join(_check_job_ids(job_ids))]  # fmt: skip
+    return [_cmd("squeue", bin_dir), "--start", "--noheader", "--array",
+            "--format=" + _PENDING_FORMAT, "--jobs=" + ",".join(_check_job_ids(job_ids))]  # fmt: skip
 
 
 def parse_pending(
@@ -399,7 +408,8 @@ def parse_pending(
         try:
             if len(parts) < len(PENDING_FIELDS):
                 raise ValueError(f"expected {len(PENDING_FIELDS)} fields, got {len(parts)}")
-            job_id, raw_id, partition, prio, start, nodes, reason = parts[: len(PENDING_FIELDS)]
+            job_id, raw_id, partition, prio, start, nodes = parts[:6]
+            reason = "|".join(parts[6:]).strip().removesuffix("|")  # -O form: a "|" after each
             if not re.fullmatch(r"\d+(_(\d+|\[[0-9,%-]+\]))?", job_id):
                 raise ValueError(f"bad job id {job_id!r}")
             sched = None if nodes.lower() in ("", "(null)", "n/a") else nodes

@@ -123,7 +123,10 @@ class Usage:
     Efficiencies are fractions (0.42 = 42 %), None where Slurm cannot say (nothing ran, no
     time limit, no memory allocation, or the site gathers no accounting: ``gathered``).
     ``max_rss_bytes`` is the largest step's memory (seff's "Memory Utilized"), ``undercounted``
-    says TotalCPU is too low because the steps were killed (TIMEOUT, CANCELLED, ...)."""
+    says TotalCPU is too low because the steps were killed (TIMEOUT, CANCELLED, ...).
+    ``exit_code``/``signal`` are sacct's ExitCode, which SUBTRACTS 128 from an exit status of
+    128 or more (src/sacct/print.c; measured: a shell's 139 prints as ``11:0``, ``exit 137``
+    as ``9:0``): prefer the job wrapper's own exit code when there is one."""
 
     job_id: str
     state: str
@@ -268,12 +271,16 @@ def _usage(job_id: str, job: _Job) -> Usage:
     limit_min = row["TimelimitRaw"]
     limit = int(limit_min) * 60 if limit_min.isdigit() else None
     exit_code, signal = _exit(row["ExitCode"])
-    # No step ever reported a number: the site runs jobacct_gather/none (or the job never
-    # started). TotalCPU is then 0 by default, not a measurement.
-    gathered = any(s["MaxRSS"] or s["TRESUsageInTot"] for s in job.steps)
-    cpu = parse_duration(row["TotalCPU"]) if gathered else None
+    # TotalCPU comes from the tasks' rusage when they end, memory from the gatherer's
+    # samples. A job shorter than one sample (`true`) has TotalCPU but no MaxRSS and only
+    # "energy=0" in TRESUsageInTot (measured); under jobacct_gather/none no step reports
+    # anything and TotalCPU stays 0, which is no measurement.
+    total_cpu = parse_duration(row["TotalCPU"]) or 0.0
+    sampled = any("cpu" in parse_tres(s["TRESUsageInTot"]) for s in job.steps)
+    cpu = total_cpu if total_cpu > 0 or sampled else None
     peaks = [m for m in (_step_memory(s) for s in job.steps) if m is not None]
-    peak = max(peaks) if peaks and gathered and not job.broken else None
+    peak = max(peaks) if peaks and not job.broken else None
+    gathered = cpu is not None or bool(peaks)
     alloc_mem = _alloc_mem(row, cpus)
     core_seconds = elapsed * cpus if elapsed is not None and cpus is not None else None
     return Usage(
@@ -472,6 +479,16 @@ def accounting_gathers_nothing(live: Mapping[str, LiveUsage]) -> bool:
     TRESUsageInTot stay empty and TotalCPU 0 too). ``parse_gather_type`` on ``scontrol show
     config`` output says it for certain."""
     return bool(live) and not any(u.gathered for u in live.values())
+
+
+_NOT_RUNNING = re.compile(r"No steps running for job|not found running|couldn't get steps", re.I)
+
+
+def sstat_not_running(stderr: str) -> bool:
+    """True when sstat's complaint only means the job has no running step (it ended, or has
+    not started): ``sstat: error: No steps running for job 465`` (measured; exit status 0).
+    Such a job is simply absent from ``parse_sstat``'s result."""
+    return bool(_NOT_RUNNING.search(stderr))
 
 
 def parse_gather_type(config_text: str) -> str | None:

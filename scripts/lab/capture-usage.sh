@@ -8,7 +8,7 @@
 #
 #   scripts/lab/capture-usage.sh [OUTDIR] [SCENARIO...]
 #
-# Scenarios (default: all): usage fail queue timeout. Each one takes the lab lock
+# Scenarios (default: all): usage fail queue timeout config. Each one takes the lab lock
 # (/tmp/hpcbridge-lab.lock) for itself only, so other lab users run in between, and cancels
 # its jobs before it lets go. The query argv comes from the Python builders themselves.
 set -euo pipefail
@@ -22,7 +22,7 @@ OUT="${1:-$REPO/tests/data/slurm/$(echo "$VER" | cut -d. -f1,2)}"
 [ $# -gt 0 ] && shift
 OUT="$(realpath -m "$OUT")"
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(usage fail queue timeout)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(usage fail queue timeout config)
 
 if [ -z "${CAPTURE_USAGE_ONE:-}" ]; then
     for s in "${SCENARIOS[@]}"; do
@@ -31,6 +31,7 @@ if [ -z "${CAPTURE_USAGE_ONE:-}" ]; then
     exit 0
 fi
 
+"$REPO/scripts/slurm-lab" up >/dev/null   # idempotent: starts what is not running
 LAB_USER=hpcblab
 WORK="/home/$LAB_USER/hpcbridge/capture-usage"
 mkdir -p "$OUT"
@@ -122,14 +123,14 @@ s_usage() {
     cancel="$(sub -J hb-usage-cancel -c2 --mem=400M --time=5 -o "$WORK/cancel.out" --wrap "python3 $WORK/hog.py 200 120")"
     short="$(sub -J hb-usage-short -o /dev/null --wrap true)"
     MINE+=("$spin" "$steps" "$cancel" "$short")
-    wait_until "spin job has 250 MB" 40 rss_at_least "$spin" '\.batch$' 256000
+    wait_until "spin job has 250 MB" 40 rss_at_least "$spin" '[.]batch$' 256000
     build usage.sstat_argv "$spin"; q usage_sstat_running.txt "${BUILT[@]}"
     qerr usage_sstat_plain_jobid sstat -n -P -j "$spin" -o JobID,MaxRSS,TRESUsageInTot
     qerr usage_sstat_batch sstat -n -P -j "$spin.batch" -o JobID,MaxRSS,TRESUsageInTot
     qerr usage_sstat_allsteps_batch sstat -n -P -a -j "$spin.batch" -o JobID,MaxRSS,TRESUsageInTot
-    wait_until "srun step of $steps has 80 MB" 40 rss_at_least "$steps" '\.0$' 80000
+    wait_until "srun step of $steps has 80 MB" 40 rss_at_least "$steps" '[.]0$' 80000
     build usage.sstat_argv "$steps" "$spin"; q usage_sstat_steps.txt "${BUILT[@]}"
-    wait_until "cancel job has 150 MB" 40 rss_at_least "$cancel" '\.batch$' 150000
+    wait_until "cancel job has 150 MB" 40 rss_at_least "$cancel" '[.]batch$' 150000
     wait_until "cancel job used 2 s of CPU" 40 cpu_at_least "$cancel" 2
     U scancel "$cancel"
     local j; for j in "$spin" "$steps" "$cancel" "$short"; do
@@ -143,16 +144,21 @@ s_usage() {
 }
 
 s_fail() {
-    local ids=() names=(exit2 missing_input not_found not_executable traceback segv segv_exec stdout_only oom) i
+    local ids=() names=(exit2 missing_input not_found not_found_bash not_executable traceback
+                        py_missing_file py_missing_module segv segv_exec exit_137 stdout_only oom) i
     printf '#!/bin/sh\necho hi\n' > "$WORK/noexec.sh"; chmod 644 "$WORK/noexec.sh"
     local cmds=(
         'echo "reading deck.in"; echo "error: deck.in has no SOLVER section" >&2; exit 2'
         "cat $WORK/no-such-dir/input.dat"
         'nosuch-solver --input deck.in'
+        'env PATH=/usr/bin:/bin bash -c "nosuch-solver --input deck.in"'
         "$WORK/noexec.sh"
         'python3 -c "import json; json.loads(open(\"/etc/hostname\").read() + \"{\")"'
+        'python3 -c "open(\"deck.in\")"'
+        'python3 -c "import nosuch_solver_module"'
         'python3 -c "import ctypes; ctypes.string_at(0)"'
         'exec python3 -c "import ctypes; ctypes.string_at(0)"'
+        'exit 137'
         'echo "FATAL: mesh file mesh.msh not found"; exit 3'
         "python3 $WORK/hog.py 300 10"
     )
@@ -215,6 +221,11 @@ s_timeout() {
     printf '%s\t%s\n' "usage_fail_timeout.stdout/.stderr" "the -o / -e files of job $t" >> "$CMDLOG"
     cp "$WORK/timeout.out" "$OUT/usage_fail_timeout.stdout"
     cp "$WORK/timeout.err" "$OUT/usage_fail_timeout.stderr"
+}
+
+s_config() {
+    # JobAcctGatherType tells for certain whether sstat/sacct can have numbers at all
+    q usage_scontrol_config.txt scontrol show config
 }
 
 for s in "${SCENARIOS[@]}"; do
