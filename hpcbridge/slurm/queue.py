@@ -391,8 +391,9 @@ def squeue_start_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> 
     """``squeue --start`` for these jobs (pending only, earliest start first). Like any
     squeue with --jobs it exits 1 if the only id given has left the queue
     (``commands.squeue_missing_job_error``)."""
+    ids = ",".join(_check_job_ids(job_ids))
     return [_cmd("squeue", bin_dir), "--start", "--noheader", "--array",
-            "--format=" + _PENDING_FORMAT, "--jobs=" + ",".join(_check_job_ids(job_ids))]  # fmt: skip
+            "--format=" + _PENDING_FORMAT, "--jobs=" + ids]  # fmt: skip
 
 
 def parse_pending(
