@@ -248,10 +248,12 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
 @tasks.command("info")
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Log lines shown when the task did not succeed.")  # fmt: skip
 @click.pass_context
-def tasks_info(ctx: click.Context, task_id: str, as_json: bool) -> None:
+def tasks_info(ctx: click.Context, task_id: str, as_json: bool, lines: int) -> None:
     """State, attempts (job ids, nodes, exit codes), timings, metadata and event history."""
-    info = _service(ctx).info(task_id)
+    info = _service(ctx).info(task_id, lines=lines)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
@@ -275,12 +277,23 @@ def tasks_kill(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
 @tasks.command("wait")
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit status 3).")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Log lines shown for each task that did not succeed.")  # fmt: skip
 @click.pass_context
-def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None) -> None:
-    """Wait until the tasks finish, showing state changes. Exit 0 only if all succeeded."""
-    done = _service(ctx).wait(list(task_ids), timeout=timeout, on_progress=_progress_printer())
+def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | None,
+               lines: int) -> None:  # fmt: skip
+    """Wait until the tasks finish, showing state changes. Exit 0 only if all succeeded; the
+    failures' last log lines go to stderr."""
+    svc = _service(ctx)
+    done = svc.wait(list(task_ids), timeout=timeout, on_progress=_progress_printer())
     for t in done:
         click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))
+    for t in done:
+        fail = svc.info(t.id, lines=lines)["failure"] if t.state != TaskState.SUCCEEDED else None
+        if fail and fail["tail"]:
+            click.echo(f"{t.id}: {fail['exit'] or t.state.value}; last lines of {fail['stream']}:", err=True)
+            for line in fail["tail"]:
+                click.echo(f"  | {line}", err=True)
     if any(t.state != TaskState.SUCCEEDED for t in done):
         ctx.exit(EXIT_ERROR)
 

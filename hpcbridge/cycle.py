@@ -23,7 +23,7 @@ from .backends.base import PollRequest
 from .errors import ConfigError, ConflictError, HpcBridgeError, TransportError
 from .leases import Lease
 from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
-from .models import Task
+from .models import Attempt, Task
 from .paths import missing_outputs
 from .reconcile import (
     NEVER_SUBMITTED,
@@ -41,6 +41,11 @@ S = TaskState
 # How long after an attempt was declared never-submitted the cycle still looks for a job
 # carrying its token (a submitter that outlived everything), to cancel it.
 STRAY_WATCH_SECONDS = 24 * 3600.0
+
+# Attempts whose log tails are kept when they reach one of these states.
+ENDED_BADLY = frozenset(s.value for s in (S.FAILED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.CANCELLED,
+                                          S.NODE_FAILED, S.PREEMPTED, S.RETRYING, S.LOST))  # fmt: skip
+TAIL_LINES = 30
 
 
 @dataclass
@@ -127,42 +132,16 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
     strays = reg.stray_attempts(cluster, since=time.time() - STRAY_WATCH_SECONDS, reason=NEVER_SUBMITTED)
     if not tasks and not strays:
         return
-    backend = rt.backend(cluster)
     attempts = reg.current_attempts([t.id for t in tasks])
     effects = Effects()
 
-    # 1. Poll every in-flight attempt (and recent never-submitted ones) in one batch.
+    # 1. Poll every in-flight attempt (and recent never-submitted ones) in one batch, apply
+    # what the scheduler says, and keep the log tails of attempts that just ended badly.
     in_flight = [t for t in tasks if t.state in IN_FLIGHT and t.id in attempts]
     if in_flight or strays:
-        requests = [rt.poll_request(t, attempts[t.id]) for t in in_flight]
-        stray_reqs = [rt.poll_request(reg.get_task(a.task_id), a) for a in strays]
-        rt.charge(cluster, 2)
-        # The snapshot's time is when the query was sent: an attempt written after it cannot
-        # be in the answer, so grace periods are measured against this, not the reply's time.
-        now = time.time()
-        infos = backend.poll(requests + stray_reqs)  # TransportError here: nothing written yet
-        report.polled = len(requests)
-        deadline = time.monotonic() + rt.cluster(cluster).cycle_timeout
-        for task in in_flight:
-            if time.monotonic() > deadline:
-                report.errors.append("cycle time limit reached; remaining tasks wait for the next cycle")
-                break
-            att = attempts[task.id]
-            try:
-                apply_observation(rt, task, att, infos.get(att.token), now, effects)
-            except ConflictError as exc:  # another process (kill, submit) moved it: next cycle
-                log.info("task %s: %s", task.id, exc)
-            except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
-                report.errors.append(f"{task.id}: {record_task_error(rt, task, 'sync', exc)}")
-        for att in strays:
-            info = infos.get(att.token)
-            if info is not None and info.job_id and info.state not in TERMINAL:
-                reg.update_attempt(att.task_id, att.number, {"job_id": info.job_id})
-                reg.add_event(att.task_id, "warning",
-                              f"attempt {att.number}: job {info.job_id} turned up for an attempt "
-                              "already given up as never submitted; cancelling it",
-                              source=rt.source, attempt=att.number)  # fmt: skip
-                effects.cancel.append((reg.get_task(att.task_id), replace(att, job_id=info.job_id)))
+        with reg.recording() as changes:
+            _poll(rt, cluster, in_flight, attempts, strays, effects, report)
+        _keep_tails(rt, cluster, changes, report)
 
     # 2. Cancels: what the user asked for, and jobs that must not run again.
     _cancel(rt, cluster, tasks, effects, report)
@@ -182,6 +161,64 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
         with Lease(rt.lease_dir) as lease:
             start_attempts(rt, cluster, due, lease)
         report.submitted = len(due)
+
+
+def _poll(rt: Runtime, cluster: str, in_flight: Sequence[Task], attempts: dict[str, Attempt],
+          strays: Sequence[Attempt], effects: Effects, report: SyncReport) -> None:  # fmt: skip
+    reg = rt.registry
+    backend = rt.backend(cluster)
+    requests = [rt.poll_request(t, attempts[t.id]) for t in in_flight]
+    stray_reqs = [rt.poll_request(reg.get_task(a.task_id), a) for a in strays]
+    rt.charge(cluster, 2)
+    # The snapshot's time is when the query was sent: an attempt written after it cannot
+    # be in the answer, so grace periods are measured against this, not the reply's time.
+    now = time.time()
+    infos = backend.poll(requests + stray_reqs)  # TransportError here: nothing written yet
+    report.polled = len(requests)
+    deadline = time.monotonic() + rt.cluster(cluster).cycle_timeout
+    for task in in_flight:
+        if time.monotonic() > deadline:
+            report.errors.append("cycle time limit reached; remaining tasks wait for the next cycle")
+            break
+        att = attempts[task.id]
+        try:
+            apply_observation(rt, task, att, infos.get(att.token), now, effects)
+        except ConflictError as exc:  # another process (kill, submit) moved it: next cycle
+            log.info("task %s: %s", task.id, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
+            report.errors.append(f"{task.id}: {record_task_error(rt, task, 'sync', exc)}")
+    for att in strays:
+        info = infos.get(att.token)
+        if info is not None and info.job_id and info.state not in TERMINAL:
+            reg.update_attempt(att.task_id, att.number, {"job_id": info.job_id})
+            reg.add_event(att.task_id, "warning",
+                          f"attempt {att.number}: job {info.job_id} turned up for an attempt "
+                          "already given up as never submitted; cancelling it",
+                          source=rt.source, attempt=att.number)  # fmt: skip
+            effects.cancel.append((reg.get_task(att.task_id), replace(att, job_id=info.job_id)))
+
+
+def _keep_tails(rt: Runtime, cluster: str, changes: Sequence[tuple[str, str, str]],
+                report: SyncReport) -> None:  # fmt: skip
+    """Fetch the last lines of stderr and stdout of each attempt that ended badly in this
+    cycle, once, and keep them on the attempt: diagnostics outlive the cluster's scratch."""
+    ended = dict.fromkeys(tid for tid, _old, new in changes if new in ENDED_BADLY)
+    if not ended:
+        return
+    backend = rt.backend(cluster)
+    attempts = rt.registry.current_attempts(list(ended))
+    for tid in ended:
+        att = attempts.get(tid)
+        task = rt.registry.get_task(tid)
+        if att is None or att.stderr_tail is not None or task.work_dir is None:
+            continue
+        try:
+            tails = {f"{stream}_tail": backend.read_log(task, att.number, stream, TAIL_LINES)
+                     for stream in ("stderr", "stdout")}  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the state change stands; say why no tail
+            report.errors.append(f"{tid}: {record_task_error(rt, task, 'reading its log tails', exc)}")
+            continue
+        rt.registry.update_attempt(tid, att.number, tails)
 
 
 def _is_due(rt: Runtime, t: Task, now: float) -> bool:

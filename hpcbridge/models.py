@@ -184,6 +184,11 @@ class Attempt:
     reason: str | None = None  # pending reason while queued, end reason when over
     restarts: int = 0
     backend_ref: Mapping[str, Any] = field(default_factory=dict)
+    usage: Mapping[str, Any] | None = None  # resources used, from accounting, once it ended
+    queue: Mapping[str, Any] | None = None  # why it waits: reason, explanation, position, start
+    stderr_tail: str | None = None  # last lines of its logs, kept when it ended badly
+    stdout_tail: str | None = None
+    eligible_at: float | None = None  # when the scheduler would have let it start
 
 
 @dataclass(frozen=True)

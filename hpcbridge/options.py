@@ -21,6 +21,7 @@ from .errors import ConfigError, UsageError
 from .lifecycle import RETRYABLE_NAMES, parse_retry_on
 from .models import Resources, TaskSpec
 from .paths import check_output_pattern
+from .slurm import check_sbatch_options, check_signal
 
 # Kinds of option value, and how they are checked.
 STR, INT, BOOL, STR_LIST, STR_MAP = "str", "int", "bool", "list of str", "map of str to str"
@@ -166,6 +167,12 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
         raise UsageError(exc.message, hint=exc.hint) from None
     if opts.cpus is not None and opts.cpus < 1:
         raise UsageError(f"cpus must be >= 1, got {opts.cpus}")
+    # Refused here, before anything is registered: options that would override what
+    # hpcbridge relies on (--comment, --output, ...), and signal specs the wrapper can't honour.
+    # (--exclude values are kept in the options; the renderer merges them.)
+    check_sbatch_options(opts.sbatch_options)
+    if opts.signal:
+        check_signal(opts.signal)
     resources = Resources(
         time=opts.time or None, cpus=opts.cpus, mem=opts.mem or None, gres=opts.gres or None,
         partition=opts.partition or None, account=opts.account or None, qos=opts.qos or None,

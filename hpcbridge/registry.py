@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
 from .lifecycle import TaskState, check_transition
 from .models import Attempt, Event, Task
-from .schema import MIGRATIONS, TASK_COLUMNS, encode_task_fields, row_to_attempt, row_to_task
+from .schema import (
+    JSON_ATTEMPT_FIELDS,
+    MIGRATIONS,
+    TASK_COLUMNS,
+    encode_task_fields,
+    row_to_attempt,
+    row_to_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,8 @@ class Registry:
         try:
             yield changes
         finally:
-            self._recorders.remove(changes)
+            # By identity: two recorders with equal contents are still two recorders.
+            self._recorders = [r for r in self._recorders if r is not changes]
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -411,9 +419,10 @@ class Registry:
         fields: Mapping[str, Any],
     ) -> None:
         enc = {
-            k: (json.dumps(dict(v)) if k == "backend_ref" else v.value if isinstance(v, TaskState) else v)
+            k: (None if v is None else json.dumps(dict(v))) if k in JSON_ATTEMPT_FIELDS
+            else v.value if isinstance(v, TaskState) else v
             for k, v in fields.items()
-        }
+        }  # fmt: skip
         if not enc:
             return
         sql = f"UPDATE attempts SET {', '.join(f'{k} = ?' for k in enc)} WHERE task_id = ? AND number = ?"

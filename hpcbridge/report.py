@@ -58,6 +58,10 @@ def attempt_dict(a: Attempt) -> dict[str, Any]:
         "restarts": a.restarts,
         "reason": a.reason,
         "token": a.token,
+        "usage": dict(a.usage) if a.usage else None,
+        "queue": dict(a.queue) if a.queue else None,
+        "stderr_tail": a.stderr_tail,
+        "stdout_tail": a.stdout_tail,
     }
 
 
@@ -73,7 +77,8 @@ def event_dict(e: Event) -> dict[str, Any]:
     }
 
 
-def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event]) -> dict[str, Any]:
+def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], *,
+              lines: int = 10) -> dict[str, Any]:  # fmt: skip
     return {
         **task_summary(task),
         "spec": task.spec.to_dict(),
@@ -93,8 +98,40 @@ def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event]) 
         "excluded_nodes": list(task.excluded_nodes),
         "cancel_requested": task.cancel_requested,
         "attempts": [attempt_dict(a) for a in attempts],
+        "failure": failure(task, attempts, lines),
         "events": [event_dict(e) for e in events],
     }
+
+
+def failure(task: Task, attempts: Sequence[Attempt], lines: int = 10) -> dict[str, Any] | None:
+    """For a task that did not succeed: how its last attempt ended and the last lines of its
+    stderr (stdout when stderr is empty), as kept when it ended."""
+    if task.state.value == "succeeded" or not attempts or not (task.state.terminal or task.reason):
+        return None
+    att = attempts[-1]
+    stream, text = "stderr", att.stderr_tail or ""
+    if not text.strip() and (att.stdout_tail or "").strip():
+        stream, text = "stdout", att.stdout_tail or ""
+    return {
+        "attempt": att.number,
+        "exit": describe_exit(att.exit_code, att.signal),
+        "node": att.nodes,
+        "stream": stream,
+        "tail": text.splitlines()[-lines:],
+    }
+
+
+def describe_exit(exit_code: int | None, signal: int | None) -> str | None:
+    """``exit code 2``, ``killed by signal 9 (SIGKILL)``, or None when nothing is known."""
+    if signal:
+        import signal as signals
+
+        try:
+            name = signals.Signals(signal).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {signal} ({name})"
+    return None if exit_code is None else f"exit code {exit_code}"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -128,6 +165,13 @@ def format_info(info: dict[str, Any]) -> str:
                 f" queued={duration(a['queue_seconds'])} ran={duration(a['run_seconds'])}"
                 + (f" reason={a['reason']}" if a["reason"] else "")
             )
+    fail = info.get("failure")
+    if fail and (fail["tail"] or fail["exit"]):
+        lines.append(f"failure   attempt {fail['attempt']}: {fail['exit'] or 'no exit status'}"
+                     + (f" on {fail['node']}" if fail["node"] else ""))  # fmt: skip
+        if fail["tail"]:
+            lines.append(f"  last lines of {fail['stream']}:")
+            lines += [f"  | {line}" for line in fail["tail"]]
     lines.append("events")
     for e in info["events"]:
         move = f"{e['from'] or ''} -> {e['to']}" if e["to"] else e["kind"]

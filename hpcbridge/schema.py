@@ -119,11 +119,24 @@ def m004_leases(db: sqlite_utils.Database) -> None:
             db.table("tasks").add_column(name, kind)
 
 
+def m005_monitoring(db: sqlite_utils.Database) -> None:
+    # What monitoring keeps per attempt: resource usage and efficiency from accounting (JSON),
+    # why it waits (JSON: reason, explanation, position, estimated start), the tails of its
+    # logs fetched once when it ended badly (so they are there when the cluster is not), and
+    # when it became eligible to run (queue time counts from there, not from submission).
+    have = db.table("attempts").columns_dict
+    for name, kind in (("usage", str), ("queue", str), ("stderr_tail", str),
+                       ("stdout_tail", str), ("eligible_at", float)):  # fmt: skip
+        if name not in have:
+            db.table("attempts").add_column(name, kind)
+
+
 MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
     ("001_initial", m001_initial),
     ("002_scheduler_budget", m002_scheduler_budget),
     ("003_ordered_indexes", m003_ordered_indexes),
     ("004_leases", m004_leases),
+    ("005_monitoring", m005_monitoring),
 )
 
 TASK_COLUMNS = (
@@ -177,7 +190,25 @@ def row_to_attempt(row: sqlite3.Row) -> Attempt:
         reason=row["reason"],
         restarts=row["restarts"] or 0,
         backend_ref=json.loads(row["backend_ref"] or "{}"),
+        usage=_json_or_none(row, "usage"),
+        queue=_json_or_none(row, "queue"),
+        stderr_tail=_col(row, "stderr_tail"),
+        stdout_tail=_col(row, "stdout_tail"),
+        eligible_at=_col(row, "eligible_at"),
     )
+
+
+def _col(row: sqlite3.Row, name: str) -> Any:
+    return row[name] if name in row.keys() else None
+
+
+def _json_or_none(row: sqlite3.Row, name: str) -> Any:
+    value = _col(row, name)
+    return json.loads(value) if value else None
+
+
+# Attempt columns stored as JSON text.
+JSON_ATTEMPT_FIELDS = frozenset({"backend_ref", "usage", "queue"})
 
 
 JSON_TASK_FIELDS = {"metadata", "spec"}

@@ -124,10 +124,12 @@ class Service:
     def attempts(self, task_id: str) -> list[Attempt]:
         return self.registry.attempts(self.resolve(task_id))
 
-    def info(self, task_id: str) -> dict[str, Any]:
-        """Everything known about one task, as plain data (what ``tasks info`` shows)."""
+    def info(self, task_id: str, *, lines: int = 10) -> dict[str, Any]:
+        """Everything known about one task, as plain data (what ``tasks info`` shows);
+        ``lines``: how many log lines its ``failure`` section keeps."""
         task = self.get(task_id)
-        return task_info(task, self.registry.attempts(task.id), self.registry.events(task.id))
+        return task_info(task, self.registry.attempts(task.id), self.registry.events(task.id),
+                         lines=lines)  # fmt: skip
 
     def set_metadata(self, task_id: str, updates: Mapping[str, str | None]) -> dict[str, str]:
         for key, value in updates.items():

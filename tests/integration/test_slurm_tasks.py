@@ -273,21 +273,15 @@ def test_held_job_is_held_and_comes_back_when_released(service: Service) -> None
     assert "held" in states_seen(service, done)
 
 
-def test_a_reserved_sbatch_option_never_reaches_sbatch(service: Service) -> None:
-    """The renderer refuses it (the task fails alone, nothing is submitted)."""
-    task = service.submit(command=["true"], cluster="lab", sbatch_options=["--comment=mine"])
-    assert task.state == S.FAILED and "--comment" in (task.reason or ""), task.reason
-    assert all(a.job_id is None for a in service.attempts(task.id))
-
-
-@pytest.mark.xfail(strict=True, reason="submission validation (options.py) does not call "
-                   "hpcbridge.slurm.check_sbatch_options yet: the task is registered, then fails")
 def test_a_reserved_sbatch_option_is_refused_before_anything_is_registered(service: Service) -> None:
+    """Refused at submit (one clear error naming the proper option): nothing registered, no
+    job made (the renderer refuses it too, for a task stored by an older version)."""
     from hpcbridge.errors import UsageError
 
     with pytest.raises(UsageError) as exc:
         service.submit(command=["true"], cluster="lab", sbatch_options=["--comment=mine"])
     assert "--metadata" in (exc.value.hint or "")
+    assert service.list_tasks() == []
 
 
 def test_multi_node_hostlist_is_read_and_excluded_on_retry(service: Service) -> None:

@@ -328,3 +328,30 @@ def test_a_task_handle_works_from_another_thread(tmp_path, monkeypatch) -> None:
     assert seen and isinstance(seen[0], TaskState), seen
     assert task.metadata["from"] == "thread"
     task.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- diagnostics kept
+def test_a_failed_attempt_keeps_its_log_tails_once(svc, fake) -> None:
+    task = svc.submit(command=["python3", "sim.py"], name="t", max_attempts=1)
+    fake.set_log("t", 1, "stderr", "reading mesh\nerror: mesh.h5: No such file or directory\n")
+    fake.set_log("t", 1, "stdout", "step 1\n")
+    fake.set_state("t", 1, S.FAILED, exit_code=2, nodes="node3")
+    svc.sync_cluster("lab")
+    (att,) = svc.attempts(task.id)
+    assert att.stderr_tail and "No such file" in att.stderr_tail and att.stdout_tail == "step 1\n"
+    info = svc.info(task.id, lines=1)
+    assert info["failure"] == {"attempt": 1, "exit": "exit code 2", "node": "node3", "stream": "stderr",
+                               "tail": ["error: mesh.h5: No such file or directory"]}  # fmt: skip
+    reads = len(fake.calls_to("read_log"))
+    svc.sync_cluster("lab")
+    assert len(fake.calls_to("read_log")) == reads, "fetched once, when the attempt ended"
+
+
+def test_a_signal_is_decoded_and_stdout_stands_in_for_an_empty_stderr(svc, fake) -> None:
+    task = svc.submit(command=["true"], name="t", max_attempts=1)
+    fake.set_log("t", 1, "stdout", "allocating\n")
+    fake.set_state("t", 1, S.FAILED, exit_code=0, signal=9)
+    svc.sync_cluster("lab")
+    fail = svc.info(task.id)["failure"]
+    assert fail["exit"] == "killed by signal 9 (SIGKILL)" and fail["stream"] == "stdout"
+    assert fail["tail"] == ["allocating"]

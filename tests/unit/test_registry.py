@@ -192,3 +192,20 @@ def test_busy_database_waits_instead_of_failing(db: Path) -> None:
     reg.transition(task.id, S.CREATED, S.STAGING, source="t")  # waits for the lock
     assert time.monotonic() - t0 >= 0.4
     released.join()
+
+
+def test_nested_transactions_join_through_savepoints_and_record_once_committed(db: Path) -> None:
+    reg = Registry(db)
+    a, b = make_task(), make_task()
+    reg.insert_tasks([a, b], source="test")
+    with reg.recording() as outer, reg.recording() as inner:
+        with reg.transaction():
+            reg.transition(a.id, S.CREATED, S.STAGING, source="t")
+            with pytest.raises(RuntimeError):
+                with reg.transaction():  # a SAVEPOINT: only its own writes roll back
+                    reg.transition(b.id, S.CREATED, S.STAGING, source="t")
+                    raise RuntimeError("inner fails")
+            assert outer == [] and inner == [], "nothing is recorded before the commit"
+    assert reg.get_task(a.id).state == S.STAGING
+    assert reg.get_task(b.id).state == S.CREATED
+    assert outer == inner == [(a.id, "created", "staging")]
