@@ -3,7 +3,7 @@
 Captured by scripts/lab/capture-usage.sh (tests/data/slurm/COMMANDS.md, "Usage, live usage,
 queue insight"). Jobs of usage_sacct.txt: 465 holds ~300 MB and spins one CPU (--mem=500M
 -c1 --time=5), 466 a batch step plus ``srun -n2`` of two ~100 MB tasks (--mem-per-cpu=200M),
-467 ~200 MB, cancelled by its user, 468 ``true``. usage_sacct_timeout.txt: 490 ran into
+467 ~200 MB, cancelled by its user, 468 ``true``. usage_sacct_timeout.txt: 514 ran into
 --time=1. usage_fail_sacct.txt: the failures of test_diagnostics, 503 the OverMemoryKill job.
 """
 
@@ -159,13 +159,13 @@ def test_srun_step_memory_is_the_sum_of_its_tasks(usage: dict[str, Usage]) -> No
 
 
 def test_cancelled_and_timed_out_jobs_undercount(usage: dict[str, Usage]) -> None:
-    cancelled, timeout = usage["467"], usage["490"]
+    cancelled, timeout = usage["467"], usage["514"]
     assert cancelled.state == "CANCELLED by 1001" and cancelled.undercounted
     assert cancelled.max_rss_bytes == 214596 * K
     assert timeout.state == "TIMEOUT" and timeout.undercounted
     # killed some seconds after its 1 minute: more than the whole time limit
-    assert timeout.elapsed_seconds == 77 and timeout.time_efficiency == pytest.approx(77 / 60)
-    assert timeout.cpu_seconds == pytest.approx(66.002)
+    assert timeout.elapsed_seconds == 84 and timeout.time_efficiency == pytest.approx(84 / 60)
+    assert timeout.cpu_seconds == pytest.approx(45.003)
 
 
 def test_a_job_shorter_than_one_sample_has_cpu_but_no_memory(usage: dict[str, Usage]) -> None:
