@@ -6,10 +6,12 @@
 * ``efficiency_warnings`` / ``looks_out_of_memory``: what to tell the user.
 * ``parse_size`` / ``parse_duration``: Slurm's sizes and durations, read in this one place.
 
-Where the numbers live (measured on the lab, 22.05 and 24.11): MaxRSS, NTasks and
-TRESUsageInTot are only on the STEP lines (``ID.batch``, ``ID.extern``, ``ID.0``); the
-allocation line has AllocCPUS, AllocTRES, ReqMem, TimelimitRaw and TotalCPU (the sum of its
-steps). ``sacct -X`` hides the steps, so it must not be used here.
+Where the numbers live (measured on the 22.05 lab; 24.11's src/sacct prints them the same
+way): MaxRSS, NTasks and TRESUsageInTot are only on the STEP lines (``ID.batch``,
+``ID.extern``, ``ID.0``); the allocation line has AllocCPUS, AllocTRES, ReqMem, TimelimitRaw
+and TotalCPU (the sum of its steps). ``sacct -X`` hides the steps, so it is not used here.
+Ask once a job has ended and its sacct row is final: on 22.05 a job's row lags squeue by up
+to a second (``PENDING`` named ``allocation``), and a running job has no final figures.
 """
 
 from __future__ import annotations
