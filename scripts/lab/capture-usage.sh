@@ -17,6 +17,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 LOCK=/tmp/hpcbridge-lab.lock
 PY="$REPO/.venv/bin/python"
+[ -x "$PY" ] || { echo "capture-usage: needs $REPO/.venv (python3 -m venv .venv && .venv/bin/pip install -e .)" >&2; exit 1; }
 VER="$(slurmd -V | awk '{print $2}')"
 OUT="${1:-$REPO/tests/data/slurm/$(echo "$VER" | cut -d. -f1,2)}"
 [ $# -gt 0 ] && shift
