@@ -24,6 +24,7 @@ from ..errors import (
     SchedulerUnavailable,
     TransportError,
 )
+from ..lifecycle import TaskState
 from ..models import JobInfo, Task
 from ..paths import input_name, log_name, match_outputs
 from ..transport import Transport
@@ -282,6 +283,10 @@ class SlurmBackend:
             marked = got.get("job_id", "")
             job_id = req.job_id or (marked if marked.isdigit() else None)
             if job_id is None:
+                if got.get("submitting") == "1":
+                    # Its submission script still runs (inside a slow sbatch): not absent.
+                    out[req.token] = JobInfo(job_id="", raw_state="SUBMITTING", state=TaskState.SUBMITTING,
+                                             source="marker", reason="submission script still running")  # fmt: skip
                 continue
             info = None if req.job_id else merged.get(job_id)
             info = info or slurm.job_from_markers(job_id, got)

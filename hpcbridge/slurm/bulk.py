@@ -38,6 +38,16 @@ _UNCERTAIN = re.compile(
 # whose sbatch reply was lost can still be resolved), and by the wrapper from SLURM_JOB_ID.
 MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node", "job_id")
 
+# While a submission script runs it holds an flock on a lock file of its own and names that
+# file in each job's `submitting` marker. The probe reports `submitting 1` for a job whose
+# script still holds its lock (still inside sbatch, even after the local side gave up on the
+# exec): no grace period may run out on it. Without `flock` on the cluster the lock is never
+# reported held, and the grace periods alone decide (as before).
+_HOLD_LOCK = ('__lock=$(mktemp "${TMPDIR:-/tmp}/hpcb-submit.XXXXXXXX") || exit 70; '
+              'exec 9>"$__lock"; command -v flock >/dev/null 2>&1 && flock -n 9')
+_LOCK_HELD = ('[ -f "$d/submitting" ] && l=$(head -c 4096 "$d/submitting") && [ -e "$l" ] '
+              '&& command -v flock >/dev/null 2>&1 && ! flock -n "$l" true 2>/dev/null')
+
 
 def marker_dir(work_dir: str, attempt: int) -> str:
     """Where the wrapper of ``attempt`` keeps its markers, job script and sbatch stderr."""
@@ -81,7 +91,8 @@ def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lane
              "# sbatch applies SBATCH_* (and more) over the #SBATCH lines: run it without them.",
              scrub_env_shell(),
              "umask 077", "mkdir -p -- " + " ".join(shlex.quote(j.dir) for j in jobs),
-             "__out=$(mktemp -d) || exit 70", "trap 'rm -rf \"$__out\"' EXIT"]  # fmt: skip
+             _HOLD_LOCK,
+             "__out=$(mktemp -d) || exit 70", "trap 'rm -rf \"$__out\" \"$__lock\"' EXIT"]  # fmt: skip
     per_lane: list[list[str]] = [[] for _ in range(lanes)]
     for k, job in enumerate(jobs):
         tok = shlex.quote(job.token)
@@ -89,7 +100,7 @@ def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lane
         # print before the id); its job id goes into the marker dir at once (builtins only:
         # no extra fork per job), so a lost report can still be resolved from the markers.
         per_lane[k % lanes].append(
-            f"d={shlex.quote(job.dir)}; "
+            f"d={shlex.quote(job.dir)}; printf '%s' \"$__lock\" > \"$d/submitting\"; "
             f"if printf %s {shlex.quote(job.script)} > \"$d/job.sh\"; then "
             f"o=$({cmd} \"$d/job.sh\" 2>\"$d/sbatch.err\"); r=$?; "
             f"else o='cannot write the job script'; r=255; fi; "
@@ -136,7 +147,9 @@ def render_marker_probe(dirs: Mapping[str, str]) -> str:
     for token, d in dirs.items():
         lines.append(f"d={shlex.quote(d)}; for f in {names}; do "
                      f"[ -f \"$d/$f\" ] && printf 'HPCBMARK %s %s %s\\n' {shlex.quote(token)} "
-                     f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; true")  # fmt: skip
+                     f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; "
+                     f"if {_LOCK_HELD}; then printf 'HPCBMARK %s submitting 1\\n' "
+                     f"{shlex.quote(token)}; fi; true")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

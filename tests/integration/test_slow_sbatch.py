@@ -98,3 +98,35 @@ def test_syncs_during_a_slow_sbatch_never_make_a_second_job(lab_config: Path, tm
         assert verdict["duplicates"] == [] and verdict["orphans"] == [], verdict
     finally:
         svc.close()
+
+
+def test_a_remote_script_that_outlives_the_command_timeout_is_found_not_resubmitted(
+    lab_config: Path, tmp_path: Path, slow_bin: Path
+) -> None:
+    """The submitter gives up on the exec after 3 s (CommandTimeout: outcome unknown) while
+    the remote script is still inside the 8 s sbatch; the syncs that follow see its lock
+    held (``submitting``), then find the job by token: one job, no second attempt."""
+    cfg = ct.make_config(lab_config, "lab", tmp_path / "timeout.toml",
+                         {"slurm_bin_dir": str(slow_bin), "submit_grace_seconds": 1,
+                          "command_timeout": 3})  # fmt: skip
+    db = tmp_path / "registry.db"
+    since = time.time() - 5
+    with Service.open(cfg, db, source="test") as svc:
+        (task,) = svc.submit_many([{"command": ["true"], "name": "outlived"}])
+        assert task.state == S.SUBMITTING, (task.state, task.reason)
+        assert any("outcome unknown" in e.detail for e in svc.events(task.id))
+
+    with Service.open(cfg, db, source="sync") as svc:
+        def settled() -> bool:
+            svc.sync_cluster("lab")
+            return svc.get(task.id).state != S.SUBMITTING
+
+        wait_for(settled, 90, "the job to be found by token")
+        assert [a.number for a in svc.attempts(task.id)] == [1], svc.events(task.id)
+        assert any("adopted job" in e.detail for e in svc.events(task.id))
+        done = svc.wait([task.id], timeout=120)[0]
+        assert done.state == S.SUCCEEDED, done.reason
+        wait_for(lambda: any(j["source"] == "sacct" and j["name"].startswith(f"hpcb-{task.id}-")
+                             for j in ct.slurm_jobs(since).values()), 60, "sacct to list the job")  # fmt: skip
+        names = [j["name"] for j in ct.slurm_jobs(since).values() if j["name"].startswith(f"hpcb-{task.id}-")]
+        assert names == [f"hpcb-{task.id}-1"]

@@ -512,3 +512,13 @@ def test_fetch_outputs_and_logs_go_through_the_transport_files(tmp_path: Path) -
     assert got == [tmp_path / "result.json"] and (tmp_path / "result.json").read_text() == "{}"
     assert backend.read_log(task, 1, "stdout", 2) == "two\nthree\n"
     assert backend.read_log(task, 1, "stderr", None) == ""  # no log yet: empty, not an error
+
+
+def test_a_token_only_attempt_whose_submission_script_still_runs_is_submitting_not_absent() -> None:
+    """The marker probe says the attempt's submission script still holds its lock (inside a
+    slow sbatch): the backend answers SUBMITTING, so no grace period runs out on it."""
+    transport = (ReplayTransport(DATA / "22.05").on("squeue", "")
+                 .on("sacct", file="err_sacct_unknown_job")
+                 .on_script("HPCBMARK tok1 submitting 1\n"))  # fmt: skip
+    infos = SlurmBackend(cluster(), transport).poll([request("t1", "tok1", None)])
+    assert infos["tok1"].state == S.SUBMITTING and infos["tok1"].job_id == ""
