@@ -36,6 +36,10 @@ UNKNOWN_LOOKBACK_SECONDS = 3 * 86400  # how far back sacct looks for a job by na
 SUBMIT_CHUNK = 500  # requests per remote script (keeps scripts far below ARG_MAX / memory)
 
 
+# How long the cluster's UTC offset is trusted before it is read again (one `date` call).
+ZONE_TTL_SECONDS = 600.0
+
+
 class SlurmBackend:
     name = "slurm"
     scheduler_requeues = True
@@ -45,6 +49,7 @@ class SlurmBackend:
         self.transport = transport
         self._base: str | None = None
         self._tz: dt.tzinfo | None = None
+        self._tz_read_at = 0.0  # time.monotonic() of the last read
         self._accounting = True
         self.commands = 0  # scheduler commands issued (sbatch counted once per batch script)
 
@@ -63,8 +68,10 @@ class SlurmBackend:
         return self.cluster.slurm_bin_dir
 
     def _zone(self) -> dt.tzinfo:
-        """The cluster's UTC offset: Slurm prints local times without a zone."""
-        if self._tz is None:
+        """The cluster's UTC offset: Slurm prints local times without a zone. Re-read every
+        ZONE_TTL_SECONDS, so a daemon that runs across a DST change follows it."""
+        if self._tz is None or time.monotonic() - self._tz_read_at > ZONE_TTL_SECONDS:
+            self._tz_read_at = time.monotonic()
             res = self.transport.run(["date", "+%z"], what="reading the cluster's time zone")
             m = re.fullmatch(r"([+-])(\d\d)(\d\d)", res.stdout.strip())
             if res.ok and m:

@@ -522,3 +522,19 @@ def test_a_token_only_attempt_whose_submission_script_still_runs_is_submitting_n
                  .on_script("HPCBMARK tok1 submitting 1\n"))  # fmt: skip
     infos = SlurmBackend(cluster(), transport).poll([request("t1", "tok1", None)])
     assert infos["tok1"].state == S.SUBMITTING and infos["tok1"].job_id == ""
+
+
+def test_the_cluster_utc_offset_is_read_again_so_a_dst_change_is_followed(monkeypatch) -> None:
+    import hpcbridge.backends.slurm as slurm_backend
+
+    clock = [1000.0]
+    monkeypatch.setattr(slurm_backend.time, "monotonic", lambda: clock[0])
+    transport = (ReplayTransport(DATA / "22.05")
+                 .on("date", "+0100\n", times=1).on("date", "+0200\n")
+                 .on("squeue", squeue_out("22.05", "running")))  # fmt: skip
+    backend = SlurmBackend(cluster(), transport)
+    first = backend.poll([request("t1", "tok1", "367")])["tok1"].start_time
+    clock[0] += slurm_backend.ZONE_TTL_SECONDS + 1  # the daemon ran on past the DST change
+    second = backend.poll([request("t1", "tok1", "367")])["tok1"].start_time
+    assert first is not None and second is not None and first - second == 3600
+    assert len(transport.calls_to("date")) == 2
