@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from types import MappingProxyType
 
+from ..errors import UsageError
 from .commands import _check_job_ids, _cmd
 from .parse import parse_slurm_time
 from .states import normalize_reason
@@ -379,12 +380,21 @@ class PendingJob:
     reason: str | None
 
 
-def pending_queue_argv(*, bin_dir: str | None = None) -> list[str]:
+def pending_queue_argv(
+    *, partitions: Iterable[str] | None = None, bin_dir: str | None = None
+) -> list[str]:
     """Every pending job of the cluster (all users), one line per array task (``--array``),
     for ``pending_positions``. One call per cluster and cycle covers all queued tasks, and
-    its StartTime column carries the estimated starts too (the same value --start shows)."""
-    return [_cmd("squeue", bin_dir), "--noheader", "--array", "--states=PENDING",
+    its StartTime column carries the estimated starts too (the same value --start shows).
+    ``partitions`` (those of our queued tasks) keeps the output small on a big cluster."""
+    argv = [_cmd("squeue", bin_dir), "--noheader", "--array", "--states=PENDING",
             "--format=" + _PENDING_FORMAT]  # fmt: skip
+    if partitions is not None:
+        names = sorted({p for p in partitions if p})
+        if not names or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", p) for p in names):
+            raise UsageError(f"invalid partition names {names!r}")
+        argv.append("--partition=" + ",".join(names))
+    return argv
 
 
 def squeue_start_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> list[str]:

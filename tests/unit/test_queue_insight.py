@@ -257,6 +257,11 @@ def test_argv_builders_are_the_captured_commands() -> None:
     assert " ".join(squeue_start_argv(ids)) == logged("queue_start.txt")
     assert " ".join(pending_queue_argv()) == logged("queue_pending.txt")
     assert pending_queue_argv(bin_dir="/opt/slurm/bin")[0] == "/opt/slurm/bin/squeue"
+    assert pending_queue_argv(partitions=["high", "debug", "high"])[-1] == (
+        "--partition=debug,high")
+    for bad in ([], ["a;b"], [""]):
+        with pytest.raises(UsageError):
+            pending_queue_argv(partitions=bad)
     assert len(PENDING_FIELDS) == 7
     with pytest.raises(UsageError):
         squeue_start_argv(["1 2"])
