@@ -241,8 +241,12 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
     click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  NAME")
     for t in rows:
         created = (iso(t.created_at) or "")[:19].replace("T", " ")
-        click.echo(f"{t.id:<14}{t.state.value:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+        # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
+        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
+        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
                    f"{duration(t.run_seconds):>8}  {t.name}")  # fmt: skip
+    if any((t.reason or "").startswith("warning:") for t in rows):
+        click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
 
 
 @tasks.command("info")

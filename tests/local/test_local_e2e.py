@@ -555,3 +555,14 @@ def test_task_env_values_never_reach_a_command_line(hb):
     assert b"s3cr3t-value" not in cmdline
     assert task.wait(timeout=30) == S.SUCCEEDED
     assert task.logs() == "s3cr3t-value\n"
+
+
+def test_a_success_whose_outputs_matched_nothing_is_visible_at_a_glance(hb, run_cli):
+    task = hpcbridge.submit(py("print('no files made')"), outputs=["result.json"])
+    assert task.wait(timeout=30) == S.SUCCEEDED
+    assert "no file matched" in (task.record().reason or "")
+    res = run_cli("tasks", "list")
+    assert f"{task.id} succeeded!" in " ".join(res.stdout.split()), res.stdout
+    strict = hpcbridge.submit(py("print('no files made')"), outputs=["result.json"], require_outputs=True)
+    assert strict.wait(timeout=30) == S.FAILED
+    assert "outputs missing" in (strict.record().reason or "")
