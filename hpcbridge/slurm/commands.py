@@ -162,11 +162,6 @@ def command_path(name: str, bin_dir: str | None) -> str:
     return posixpath.join(bin_dir, name)
 
 
-# The names other modules of this package used before these became public.
-_check_job_ids = check_job_ids
-_cmd = command_path
-
-
 def _format_time(epoch: float, tz: tzinfo | None) -> str:
     return datetime.fromtimestamp(epoch, tz).strftime("%Y-%m-%dT%H:%M:%S")
 

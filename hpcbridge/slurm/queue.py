@@ -23,7 +23,7 @@ from datetime import tzinfo
 from types import MappingProxyType
 
 from ..errors import UsageError
-from .commands import _check_job_ids, _cmd
+from .commands import check_job_ids, command_path
 from .parse import parse_slurm_time
 from .states import normalize_reason
 
@@ -387,7 +387,7 @@ def pending_queue_argv(
     for ``pending_positions``. One call per cluster and cycle covers all queued tasks, and
     its StartTime column carries the estimated starts too (the same value --start shows).
     ``partitions`` (those of our queued tasks) keeps the output small on a big cluster."""
-    argv = [_cmd("squeue", bin_dir), "--noheader", "--array", "--states=PENDING",
+    argv = [command_path("squeue", bin_dir), "--noheader", "--array", "--states=PENDING",
             "--format=" + _PENDING_FORMAT]  # fmt: skip
     if partitions is not None:
         names = sorted({p for p in partitions if p})
@@ -401,8 +401,8 @@ def squeue_start_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> 
     """``squeue --start`` for these jobs (pending only, earliest start first). Like any
     squeue with --jobs it exits 1 if the only id given has left the queue
     (``commands.squeue_missing_job_error``)."""
-    ids = ",".join(_check_job_ids(job_ids))
-    return [_cmd("squeue", bin_dir), "--start", "--noheader", "--array",
+    ids = ",".join(check_job_ids(job_ids))
+    return [command_path("squeue", bin_dir), "--start", "--noheader", "--array",
             "--format=" + _PENDING_FORMAT, "--jobs=" + ids]  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .commands import _check_job_ids, _cmd
+from .commands import check_job_ids, command_path
 from .states import normalize_state
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,8 @@ def sacct_usage_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> l
     last instance only, the one whose usage counts. Array tasks may be given as ``44_7``.
     Run it through ``commands.scrub_env`` like every scheduler command."""
     return [
-        _cmd("sacct", bin_dir), "--parsable2", "--noheader",
-        "--format=" + ",".join(USAGE_FIELDS), "--jobs=" + ",".join(_check_job_ids(job_ids)),
+        command_path("sacct", bin_dir), "--parsable2", "--noheader",
+        "--format=" + ",".join(USAGE_FIELDS), "--jobs=" + ",".join(check_job_ids(job_ids)),
     ]  # fmt: skip
 
 
@@ -404,9 +404,9 @@ def sstat_argv(job_ids: Iterable[str], *, bin_dir: str | None = None) -> list[st
     Without it sstat only looks at the first normal step (``ID.0``), so a batch script that
     never calls srun shows nothing at all. An array task must be given by its raw job id
     (squeue JobID / %A): sstat prints raw ids, and the rows are keyed by what it prints."""
-    ids = _check_job_ids(job_ids)
+    ids = check_job_ids(job_ids)
     return [
-        _cmd("sstat", bin_dir), "--noheader", "--parsable2", "--allsteps",
+        command_path("sstat", bin_dir), "--noheader", "--parsable2", "--allsteps",
         "--format=" + ",".join(SSTAT_FIELDS), "--jobs=" + ",".join(ids),
     ]  # fmt: skip
 
