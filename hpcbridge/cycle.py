@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .backends.base import PollRequest
+from .backends.slurm_monitor import MonitoringBackend
 from .errors import ConfigError, ConflictError, HpcBridgeError, TransportError
 from .leases import Lease
 from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
@@ -41,6 +42,9 @@ S = TaskState
 # How long after an attempt was declared never-submitted the cycle still looks for a job
 # carrying its token (a submitter that outlived everything), to cancel it.
 STRAY_WATCH_SECONDS = 24 * 3600.0
+
+# Accounting of an ended job is asked for this long; sacct lags squeue by a second or so.
+USAGE_WINDOW_SECONDS = 3600.0
 
 # Attempts whose log tails are kept when they reach one of these states.
 ENDED_BADLY = frozenset(s.value for s in (S.FAILED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.CANCELLED,
@@ -130,7 +134,8 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
     reg = rt.registry
     tasks = reg.list_tasks(states=set(S) - TERMINAL, cluster=cluster, newest_first=False)
     strays = reg.stray_attempts(cluster, since=time.time() - STRAY_WATCH_SECONDS, reason=NEVER_SUBMITTED)
-    if not tasks and not strays:
+    unaccounted = reg.attempts_needing_usage(cluster, since=time.time() - USAGE_WINDOW_SECONDS)
+    if not tasks and not strays and not unaccounted:
         return
     attempts = reg.current_attempts([t.id for t in tasks])
     effects = Effects()
@@ -146,14 +151,20 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
     # 2. Cancels: what the user asked for, and jobs that must not run again.
     _cancel(rt, cluster, tasks, effects, report)
 
-    # 3. Fetch outputs of finished jobs.
+    # 3. Monitoring: usage of jobs that ended, why queued jobs wait (one command each).
+    try:
+        _monitor(rt, cluster)
+    except HpcBridgeError as exc:  # the states are recorded; monitoring waits for next cycle
+        report.errors.append(f"monitoring: {exc.message}")
+
+    # 4. Fetch outputs of finished jobs.
     for task in reg.list_tasks(states=[S.FETCHING], cluster=cluster, newest_first=False):
         try:
             _fetch(rt, task, report)
         except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
             report.errors.append(f"{task.id}: {record_task_error(rt, task, 'fetching outputs', exc)}")
 
-    # 4. Submit what is due: new tasks left behind, and waiting retries.
+    # 5. Submit what is due: new tasks left behind, and waiting retries.
     now = time.time()
     due = [t for t in reg.list_tasks(states=[S.CREATED, S.STAGING, *WAITING], cluster=cluster,
                                      newest_first=False) if _is_due(rt, t, now)]  # fmt: skip
@@ -219,6 +230,32 @@ def _keep_tails(rt: Runtime, cluster: str, changes: Sequence[tuple[str, str, str
             report.errors.append(f"{tid}: {record_task_error(rt, task, 'reading its log tails', exc)}")
             continue
         rt.registry.update_attempt(tid, att.number, tails)
+
+
+def _monitor(rt: Runtime, cluster: str) -> None:
+    """One accounting call for the jobs that ended and still lack their usage; one queue
+    call for every queued or held task."""
+    backend = rt.backend(cluster)
+    if not isinstance(backend, MonitoringBackend):
+        return
+    reg = rt.registry
+    ended = reg.attempts_needing_usage(cluster, since=time.time() - USAGE_WINDOW_SECONDS)
+    if ended:
+        tasks = {t.id: t for t in (reg.get_task(a.task_id) for a in ended)}
+        rt.charge(cluster, 1)
+        got = backend.usage([rt.poll_request(tasks[a.task_id], a) for a in ended])
+        for att in ended:
+            if att.token in got:  # not final yet: asked again next cycle
+                reg.update_attempt(att.task_id, att.number, {"usage": got[att.token]})
+    waiting = reg.list_tasks(states=[S.QUEUED, S.HELD], cluster=cluster, newest_first=False)
+    current = reg.current_attempts([t.id for t in waiting])
+    pairs = [(t, current[t.id]) for t in waiting if t.id in current and current[t.id].job_id]
+    if pairs:
+        rt.charge(cluster, 1)
+        got = backend.queue_insight([rt.poll_request(t, a) for t, a in pairs],
+                                    sorted({a.partition for _t, a in pairs if a.partition}))  # fmt: skip
+        for t, att in pairs:
+            reg.update_attempt(t.id, att.number, {"queue": got.get(att.token)})
 
 
 def _is_due(rt: Runtime, t: Task, now: float) -> bool:

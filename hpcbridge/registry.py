@@ -461,6 +461,20 @@ class Registry:
         )
         return [row_to_attempt(r) for r in rows]
 
+    def attempts_needing_usage(self, cluster: str, *, since: float) -> list[Attempt]:
+        """Attempts of ``cluster`` whose job ended (last seen since ``since``) and whose
+        resource usage is not recorded yet."""
+        ended = [s.value for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED,
+                                   TaskState.TIMED_OUT, TaskState.OUT_OF_MEMORY,
+                                   TaskState.NODE_FAILED, TaskState.PREEMPTED)]  # fmt: skip
+        rows = self.conn.execute(
+            "SELECT a.* FROM attempts a JOIN tasks t ON t.id = a.task_id"
+            f" WHERE t.cluster = ? AND a.state IN ({', '.join('?' * len(ended))})"
+            " AND a.job_id IS NOT NULL AND a.usage IS NULL AND a.last_seen_at >= ?",
+            (cluster, *ended, since),
+        )
+        return [row_to_attempt(r) for r in rows]
+
     # -- events ---------------------------------------------------------------------------
     def add_event(
         self,

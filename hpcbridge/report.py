@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .diagnostics import describe_exit, diagnose
 from .models import Attempt, Event, Task
+from .slurm.usage import Thresholds, Usage, efficiency_warnings, format_size
 
 
 def iso(ts: float | None) -> str | None:
@@ -78,7 +80,7 @@ def event_dict(e: Event) -> dict[str, Any]:
 
 
 def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], *,
-              lines: int = 10) -> dict[str, Any]:  # fmt: skip
+              lines: int = 10, thresholds: Thresholds | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         **task_summary(task),
         "spec": task.spec.to_dict(),
@@ -99,39 +101,62 @@ def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], 
         "cancel_requested": task.cancel_requested,
         "attempts": [attempt_dict(a) for a in attempts],
         "failure": failure(task, attempts, lines),
+        "usage": efficiency(attempts, thresholds),
+        "queue": waiting(task, attempts),
         "events": [event_dict(e) for e in events],
     }
 
 
 def failure(task: Task, attempts: Sequence[Attempt], lines: int = 10) -> dict[str, Any] | None:
-    """For a task that did not succeed: how its last attempt ended and the last lines of its
-    stderr (stdout when stderr is empty), as kept when it ended."""
+    """For a task that did not succeed: how its last attempt ended, what probably went wrong
+    and what to do (``diagnostics.diagnose``), and the last lines of its stderr (stdout when
+    stderr is empty), as kept when it ended."""
     if task.state.value == "succeeded" or not attempts or not (task.state.terminal or task.reason):
         return None
     att = attempts[-1]
-    stream, text = "stderr", att.stderr_tail or ""
-    if not text.strip() and (att.stdout_tail or "").strip():
-        stream, text = "stdout", att.stdout_tail or ""
+    usage = _usage(att.usage)
+    reason = (att.queue or {}).get("reason") if att.queue else None
+    d = diagnose(task.state, att.exit_code, att.signal, att.stderr_tail, att.stdout_tail,
+                 usage, reason, lines=lines)  # fmt: skip
+    known = att.exit_code is not None or att.signal
     return {
         "attempt": att.number,
-        "exit": describe_exit(att.exit_code, att.signal),
+        "exit": describe_exit(att.exit_code, att.signal) if known else None,
         "node": att.nodes,
-        "stream": stream,
-        "tail": text.splitlines()[-lines:],
+        "summary": d.summary,
+        "hint": d.hint,
+        "stream": d.tail_source or "stderr",
+        "tail": list(d.tail),
     }
 
 
-def describe_exit(exit_code: int | None, signal: int | None) -> str | None:
-    """``exit code 2``, ``killed by signal 9 (SIGKILL)``, or None when nothing is known."""
-    if signal:
-        import signal as signals
+def _usage(data: Mapping[str, Any] | None) -> Usage | None:
+    if not data:
+        return None
+    try:
+        return Usage(**dict(data))
+    except TypeError:  # written by another hpcbridge version
+        return None
 
-        try:
-            name = signals.Signals(signal).name
-        except ValueError:
-            name = "unknown signal"
-        return f"killed by signal {signal} ({name})"
-    return None if exit_code is None else f"exit code {exit_code}"
+
+def efficiency(attempts: Sequence[Attempt],
+               thresholds: Thresholds | None = None) -> dict[str, Any] | None:  # fmt: skip
+    """The usage of the latest attempt that has one, its summary line and warnings."""
+    for att in reversed(attempts):
+        usage = _usage(att.usage)
+        if usage is not None:
+            return {"attempt": att.number, "summary": usage_summary(att.usage),
+                    "warnings": efficiency_warnings(usage, thresholds), **dict(att.usage or {})}  # fmt: skip
+    return None
+
+
+def waiting(task: Task, attempts: Sequence[Attempt]) -> dict[str, Any] | None:
+    """Why a queued or held task waits (reason explained, position, estimated start)."""
+    if task.state.value not in ("queued", "held") or not attempts or not attempts[-1].queue:
+        return None
+    q = dict(attempts[-1].queue)
+    q["estimated_start"] = iso(q.get("estimated_start"))
+    return q
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -165,10 +190,23 @@ def format_info(info: dict[str, Any]) -> str:
                 f" queued={duration(a['queue_seconds'])} ran={duration(a['run_seconds'])}"
                 + (f" reason={a['reason']}" if a["reason"] else "")
             )
+    q = info.get("queue")
+    if q:
+        where = f"; position {q['position']} of {q['of']} in its partition" if q.get("position") else ""
+        start = f"; Slurm expects it to start {q['estimated_start']}" if q.get("estimated_start") else ""
+        lines.append(f"waiting   {q.get('reason')}: {q.get('explanation')}{where}{start}")
+        if q.get("action"):
+            lines.append(f"          {q['action']}")
+    use = info.get("usage")
+    if use:
+        lines.append(f"usage     {use['summary']} (attempt {use['attempt']})")
+        lines += [f"  warning: {w}" for w in use["warnings"]]
     fail = info.get("failure")
-    if fail and (fail["tail"] or fail["exit"]):
-        lines.append(f"failure   attempt {fail['attempt']}: {fail['exit'] or 'no exit status'}"
-                     + (f" on {fail['node']}" if fail["node"] else ""))  # fmt: skip
+    if fail:
+        on = f" on {fail['node']}" if fail["node"] and " on " not in fail["summary"] else ""
+        lines.append(f"failure   attempt {fail['attempt']}: {fail['summary']}{on}")
+        if fail.get("hint"):
+            lines.append(f"  hint: {fail['hint']}")
         if fail["tail"]:
             lines.append(f"  last lines of {fail['stream']}:")
             lines += [f"  | {line}" for line in fail["tail"]]
@@ -186,3 +224,28 @@ def _command(spec: dict[str, Any]) -> str:
         first = spec["script"].strip().splitlines()[:1]
         return f"(script) {first[0] if first else ''}"
     return shlex.join(spec["command"])
+
+
+def usage_summary(usage: Mapping[str, Any] | None) -> str | None:
+    """One line for people: ``CPU 58% of 2 cores, memory 310 MiB of 1.0 GiB (30%), time 12%
+    of the limit, 0.05 core-hours``."""
+    if not usage:
+        return None
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    cpus = usage.get("alloc_cpus")
+    parts = [f"CPU {pct(usage.get('cpu_efficiency'))}" + (f" of {cpus} core(s)" if cpus else "")]
+    mem, alloc = usage.get("max_rss_bytes"), usage.get("alloc_mem_bytes")
+    parts.append(f"memory {format_size(mem)}" + (f" of {format_size(alloc)}" if alloc else "")
+                 + f" ({pct(usage.get('mem_efficiency'))})")  # fmt: skip
+    if usage.get("time_efficiency") is not None:
+        parts.append(f"time {pct(usage['time_efficiency'])} of the limit")
+    if usage.get("core_hours") is not None:
+        parts.append(f"{usage['core_hours']:.3g} core-hours")
+    line = ", ".join(parts)
+    if usage.get("undercounted"):
+        line += " (CPU under-counted: the job was killed)"
+    if usage.get("gathered") is False:
+        line = "the site's accounting gathers no usage (jobacct_gather/none)"
+    return line

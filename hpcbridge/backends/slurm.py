@@ -29,6 +29,8 @@ from ..models import JobInfo, Task
 from ..paths import input_name, log_name, match_outputs
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
+from .slurm_files import SlurmFilesMixin
+from .slurm_monitor import SlurmMonitoring
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ SUBMIT_CHUNK = 500  # requests per remote script (keeps scripts far below ARG_MA
 ZONE_TTL_SECONDS = 600.0
 
 
-class SlurmBackend:
+class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
     name = "slurm"
     scheduler_requeues = True
 

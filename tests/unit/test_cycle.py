@@ -339,9 +339,11 @@ def test_a_failed_attempt_keeps_its_log_tails_once(svc, fake) -> None:
     svc.sync_cluster("lab")
     (att,) = svc.attempts(task.id)
     assert att.stderr_tail and "No such file" in att.stderr_tail and att.stdout_tail == "step 1\n"
-    info = svc.info(task.id, lines=1)
-    assert info["failure"] == {"attempt": 1, "exit": "exit code 2", "node": "node3", "stream": "stderr",
-                               "tail": ["error: mesh.h5: No such file or directory"]}  # fmt: skip
+    fail = svc.info(task.id, lines=1)["failure"]
+    assert {k: fail[k] for k in ("attempt", "exit", "node", "stream", "tail")} == {
+        "attempt": 1, "exit": "exit code 2", "node": "node3", "stream": "stderr",
+        "tail": ["error: mesh.h5: No such file or directory"]}  # fmt: skip
+    assert "exit code 2" in fail["summary"] and "mesh.h5" in (fail["hint"] or ""), fail
     reads = len(fake.calls_to("read_log"))
     svc.sync_cluster("lab")
     assert len(fake.calls_to("read_log")) == reads, "fetched once, when the attempt ended"
@@ -355,3 +357,68 @@ def test_a_signal_is_decoded_and_stdout_stands_in_for_an_empty_stderr(svc, fake)
     fail = svc.info(task.id)["failure"]
     assert fail["exit"] == "killed by signal 9 (SIGKILL)" and fail["stream"] == "stdout"
     assert fail["tail"] == ["allocating"]
+
+
+# ---------------------------------------------------------------- monitoring wiring
+class MonitoredFake(FakeBackend):
+    """FakeBackend plus the monitoring capability, answering from dicts the test sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.usage_by_job: dict[str, dict] = {}
+        self.queue_by_job: dict[str, dict] = {}
+        self.monitor_calls: list[str] = []
+
+    def usage(self, requests):
+        self.monitor_calls.append("usage")
+        return {r.token: self.usage_by_job[r.job_id] for r in requests if r.job_id in self.usage_by_job}
+
+    def queue_insight(self, requests, partitions):
+        self.monitor_calls.append("queue")
+        return {r.token: self.queue_by_job[r.job_id] for r in requests if r.job_id in self.queue_by_job}
+
+    def live_usage(self, requests):
+        return {}
+
+
+USAGE = {"job_id": "1000", "state": "COMPLETED", "cpu_seconds": 30.0, "max_rss_bytes": 300 << 20,
+         "cpu_efficiency": 0.25, "mem_efficiency": 0.29, "time_efficiency": 0.05, "core_hours": 0.033,
+         "alloc_cpus": 4, "alloc_mem_bytes": 1 << 30, "elapsed_seconds": 30, "timelimit_seconds": 600}  # fmt: skip
+
+
+def test_usage_is_collected_once_when_final_and_shown_with_warnings(tmp_path) -> None:
+    fake = MonitoredFake()
+    svc = make_service(tmp_path, fake)
+    task = svc.submit(command=["true"], name="t")
+    fake.set_state("t", 1, S.SUCCEEDED)
+    svc.sync_cluster("lab")  # accounting not final yet: nothing stored, asked again
+    assert svc.attempts(task.id)[0].usage is None and fake.monitor_calls == ["usage"]
+    fake.usage_by_job["1000"] = USAGE
+    svc.sync_cluster("lab")
+    assert svc.attempts(task.id)[0].usage == USAGE
+    use = svc.info(task.id)["usage"]
+    assert use["cpu_efficiency"] == 0.25 and "CPU 25% of 4 core(s)" in use["summary"]
+    assert any("CPU" in w for w in use["warnings"]) and any("memory" in w.lower() for w in use["warnings"])
+    calls = list(fake.monitor_calls)
+    svc.sync_cluster("lab")
+    assert fake.monitor_calls == calls, "no accounting call once every ended job has its usage"
+    svc.close()
+
+
+def test_queued_tasks_get_their_wait_explained_in_one_call_per_cycle(tmp_path) -> None:
+    fake = MonitoredFake()
+    svc = make_service(tmp_path, fake)
+    a = svc.submit(command=["true"], name="a")
+    b = svc.submit(command=["true"], name="b")
+    for job in ("1000", "1001"):
+        fake.queue_by_job[job] = {"reason": "Resources", "explanation": "waiting for resources",
+                                  "action": "wait", "position": 2, "of": 5, "estimated_start": 2e9}  # fmt: skip
+    svc.sync_cluster("lab")
+    assert fake.monitor_calls == ["queue"]
+    q = svc.info(a.id)["queue"]
+    assert (q["reason"], q["position"], q["of"]) == ("Resources", 2, 5) and q["estimated_start"]
+    assert svc.info(b.id)["queue"]["reason"] == "Resources"
+    fake.set_state("a", 1, S.RUNNING)
+    svc.sync_cluster("lab")
+    assert svc.info(a.id)["queue"] is None  # only a waiting task shows why it waits
+    svc.close()
