@@ -83,10 +83,12 @@ def build_registry(db: Path, cfg: Path, n: int, inflight_frac: float, variant: s
             job = held[k % len(held)] if variant == "known" else str(9_000_000 + k)
         else:
             job = str(8_000_000 + i)
-        with reg.transaction() as c:
+        with reg.transaction():
             reg.add_attempt(Attempt(task_id=tid, number=1, token=new_token(), state=state,
-                                    job_id=job, created_at=now - 3500), c)  # fmt: skip
-            reg.update_attempt(tid, 1, {"submitted_at": now - 3500, "last_seen_at": now - 30}, c)
+                                    job_id=job, created_at=now - 3500))  # fmt: skip
+            # A finished attempt was last seen when it ended (its usage window long past).
+            reg.update_attempt(tid, 1, {"submitted_at": now - 3500,
+                                        "last_seen_at": now - 30 if inflight else now - 3000})
     build_s = time.perf_counter() - t0
     reg.close()
     return {"inflight": n_inflight, "build_s": build_s}

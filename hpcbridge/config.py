@@ -79,6 +79,10 @@ class ClusterConfig:
     submit_parallelism: int = 4
     # A success whose declared outputs matched no file fails (default: succeeds, with a warning).
     require_outputs: bool = False
+    # When `tasks info` warns about an ended attempt's efficiency (fractions of the request).
+    warn_cpu_efficiency_below: float = 0.5
+    warn_memory_efficiency_below: float = 0.3
+    warn_memory_peak_above: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "cycle_timeout": (int, float),
     "submit_parallelism": int,
     "require_outputs": bool,
+    "warn_cpu_efficiency_below": (int, float),
+    "warn_memory_efficiency_below": (int, float),
+    "warn_memory_peak_above": (int, float),
     "retry": dict,
 }
 _RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {

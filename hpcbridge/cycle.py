@@ -43,8 +43,10 @@ S = TaskState
 # carrying its token (a submitter that outlived everything), to cancel it.
 STRAY_WATCH_SECONDS = 24 * 3600.0
 
-# Accounting of an ended job is asked for this long; sacct lags squeue by a second or so.
-USAGE_WINDOW_SECONDS = 3600.0
+# Accounting of an ended job is asked for this long after it was last seen (sacct lags
+# squeue by a second or so); a job accounting never lists (purged, accounting off) stops
+# costing a call then.
+USAGE_WINDOW_SECONDS = 900.0
 
 # Attempts whose log tails are kept when they reach one of these states.
 ENDED_BADLY = frozenset(s.value for s in (S.FAILED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.CANCELLED,
@@ -255,7 +257,16 @@ def _monitor(rt: Runtime, cluster: str) -> None:
         got = backend.queue_insight([rt.poll_request(t, a) for t, a in pairs],
                                     sorted({a.partition for _t, a in pairs if a.partition}))  # fmt: skip
         for t, att in pairs:
-            reg.update_attempt(t.id, att.number, {"queue": got.get(att.token)})
+            q = got.get(att.token)
+            fields: dict[str, object] = {"queue": q}
+            if att.eligible_at is None and q and q.get("position") is not None:
+                # In line now. Seen out of line before (a dependency, a begin time, a hold):
+                # eligible from now (within one sync interval); else from its submission.
+                # Queue time counts from here, so a dependency wait is not the queue's.
+                was_out = att.queue is not None and att.queue.get("position") is None
+                fields["eligible_at"] = time.time() if was_out else att.submitted_at
+            if q != att.queue or "eligible_at" in fields:  # unchanged: no write
+                reg.update_attempt(t.id, att.number, fields)
 
 
 def _is_due(rt: Runtime, t: Task, now: float) -> bool:

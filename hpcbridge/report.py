@@ -100,10 +100,60 @@ def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], 
         "excluded_nodes": list(task.excluded_nodes),
         "cancel_requested": task.cancel_requested,
         "attempts": [attempt_dict(a) for a in attempts],
+        "phases": phases(task, attempts, events),
         "failure": failure(task, attempts, lines),
         "usage": efficiency(attempts, thresholds),
         "queue": waiting(task, attempts),
         "events": [event_dict(e) for e in events],
+    }
+
+
+PHASES = ("staging", "submit", "eligible_wait", "queue", "run", "completing", "fetch")
+
+
+def phases(task: Task, attempts: Sequence[Attempt], events: Sequence[Event]) -> dict[str, Any]:
+    """Where the time went, per attempt and for the task, in seconds: staging (upload),
+    submit (the write-ahead commit to sbatch's answer), eligible_wait (a dependency or begin
+    time: not the queue's fault), queue (eligible to start), run, completing, fetch. Queue
+    time counts from when the job was eligible (``eligible_at``, seen by the sync's queue
+    insight) when known, else from submission."""
+    entered: dict[str, float] = {}  # state -> when the task last entered it
+    spans: dict[int | None, dict[str, float]] = {}
+    latest = attempts[-1].number if attempts else None
+
+    def add(att: int | None, name: str, start: float | None, end: float | None) -> None:
+        if start is not None and end is not None and end >= start:
+            spans.setdefault(att, {}).setdefault(name, 0.0)
+            spans[att][name] += end - start
+
+    for e in events:
+        if e.kind != "state" or not e.to_state:
+            continue
+        if e.from_state in ("staging", "submitting", "completing", "fetching"):
+            name = {"staging": "staging", "submitting": "submit", "completing": "completing",
+                    "fetching": "fetch"}[e.from_state]  # fmt: skip
+            att_no = 1 if e.from_state == "staging" else (e.attempt or latest)
+            add(att_no, name, entered.get(e.from_state), e.at)
+        entered[e.to_state] = e.at
+    per_attempt = []
+    totals: dict[str, float] = {}
+    for a in attempts:
+        got = spans.get(a.number, {})
+        begin = a.eligible_at if a.eligible_at and a.submitted_at and a.eligible_at >= a.submitted_at else None
+        if begin is not None:
+            add(a.number, "eligible_wait", a.submitted_at, begin)
+        add(a.number, "queue", begin or a.submitted_at, a.started_at)
+        add(a.number, "run", a.started_at, a.ended_at if a.ended_at and a.started_at and a.ended_at >= a.started_at else None)
+        got = spans.get(a.number, got)
+        per_attempt.append({"attempt": a.number, **{p: got.get(p) for p in PHASES}})
+        for p, v in got.items():
+            totals[p] = totals.get(p, 0.0) + v
+    end = task.fetched_at or task.ended_at
+    return {
+        "attempts": per_attempt,
+        "total_seconds": (end - task.created_at) if end else None,
+        "by_phase": totals,
+        "dominant": max(totals, key=lambda k: totals[k]) if totals else None,
     }
 
 
@@ -197,6 +247,10 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"waiting   {q.get('reason')}: {q.get('explanation')}{where}{start}")
         if q.get("action"):
             lines.append(f"          {q['action']}")
+    ph = info.get("phases") or {}
+    if ph.get("by_phase"):
+        shown = ", ".join(f"{k} {duration(v)}" for k, v in ph["by_phase"].items() if v >= 0.05)
+        lines.append(f"phases    {shown}" + (f"; most time in {ph['dominant']}" if ph.get("dominant") else ""))
     use = info.get("usage")
     if use:
         lines.append(f"usage     {use['summary']} (attempt {use['attempt']})")

@@ -422,3 +422,27 @@ def test_queued_tasks_get_their_wait_explained_in_one_call_per_cycle(tmp_path) -
     svc.sync_cluster("lab")
     assert svc.info(a.id)["queue"] is None  # only a waiting task shows why it waits
     svc.close()
+
+
+def test_phases_find_where_the_time_went_and_queue_counts_from_eligible(tmp_path) -> None:
+    fake = MonitoredFake()
+    svc = make_service(tmp_path, fake)
+    task = svc.submit(command=["true"], name="t")
+    fake.queue_by_job["1000"] = {"reason": "Dependency", "explanation": "x", "action": "y",
+                                 "position": None, "of": None, "estimated_start": None}  # fmt: skip
+    svc.sync_cluster("lab")
+    assert svc.attempts(task.id)[0].eligible_at is None  # held back by a dependency: not in line
+    fake.queue_by_job["1000"] = {**fake.queue_by_job["1000"], "reason": "Priority", "position": 1, "of": 1}
+    svc.sync_cluster("lab")
+    att = svc.attempts(task.id)[0]
+    assert att.eligible_at is not None and att.eligible_at >= (att.submitted_at or 0)
+    now = time.time()
+    fake.set_state("t", 1, S.SUCCEEDED, start_time=now - 20, end_time=now - 5)
+    svc.registry.update_attempt(task.id, 1, {"submitted_at": now - 100, "eligible_at": now - 40})
+    svc.sync_cluster("lab")
+    ph = svc.info(task.id)["phases"]
+    (a1,) = ph["attempts"]
+    assert a1["eligible_wait"] == pytest.approx(60, abs=0.5) and a1["queue"] == pytest.approx(20, abs=0.5)
+    assert a1["run"] == pytest.approx(15, abs=0.5) and a1["fetch"] is not None
+    assert ph["dominant"] == "eligible_wait" and ph["total_seconds"] > 0
+    svc.close()
