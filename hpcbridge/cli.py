@@ -212,7 +212,9 @@ def _progress_printer() -> Any:
 # ---------------------------------------------------------------------------- tasks
 @cli.group(cls=_Group)
 def tasks() -> None:
-    """List, inspect, wait for, cancel and download tasks."""
+    """List, inspect, wait for, cancel and download tasks.
+
+    Every ID may be a unique prefix of a task id, or `last` for the newest task."""
 
 
 @tasks.command("list")
@@ -327,6 +329,68 @@ def tasks_download(ctx: click.Context, task_id: str, dest: str | None) -> None:
         click.echo(str(path))
 
 
+def _size(n: int) -> str:
+    """Bytes as `tasks files` shows them: 512, 1.5K, 20.0M."""
+    if n < 1024:
+        return str(n)
+    value, i = n / 1024, 0
+    while value >= 1024 and i < 3:
+        value, i = value / 1024, i + 1
+    return f"{value:.1f}{'KMGT'[i]}"
+
+
+def _show_path(path: str) -> str:
+    """A file name as one printable field (quoted with escapes when it holds a newline...)."""
+    return path if path.isprintable() else json.dumps(path)
+
+
+@tasks.command("files")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON: work_dir, files (path, size, "
+              "mtime, meta), newest (path, age_seconds).")  # fmt: skip
+@click.pass_context
+def tasks_files(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Every file under the task's work dir (size, modified), read live where it runs, and
+    the newest one with its age. hpcbridge's own .hpcbridge/ dir (logs, markers) comes last."""
+    got = _service(ctx).files(task_id)
+    if as_json:
+        click.echo(json.dumps(got, indent=2))
+        return
+    click.echo(f"work dir: {got['work_dir']}")
+    own = [f for f in got["files"] if not f["meta"]]
+    meta = [f for f in got["files"] if f["meta"]]
+    for title, group in (("", own), ("hpcbridge's own files:", meta)):
+        if title and group:
+            click.echo(title)
+        for f in group:
+            when = (iso(f["mtime"]) or "")[:19].replace("T", " ")
+            click.echo(f"{_size(f['size']):>8}  {when}  {_show_path(f['path'])}")
+    if not own:
+        click.echo("(no files of the task's own yet)")
+    new = got["newest"]
+    if new:
+        click.echo(f"newest: {_show_path(new['path'])} ({duration(new['age_seconds'])} ago)")
+
+
+@tasks.command("tail")
+@click.argument("task_id")
+@click.argument("path")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Print the last N lines.")  # fmt: skip
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing lines as they are written until the task ends.")  # fmt: skip
+@click.pass_context
+def tasks_tail(ctx: click.Context, task_id: str, path: str, lines: int, follow: bool) -> None:
+    """The last lines of any file under the task's work dir (PATH relative to it, as
+    `tasks files` lists it); paths outside the work dir are refused."""
+    svc = _service(ctx)
+    if not follow:
+        click.echo(svc.tail(task_id, path, lines), nl=False)
+        return
+    for chunk in svc.follow_file(task_id, path, lines):
+        click.echo(chunk, nl=False)
+
+
 # ---------------------------------------------------------------------------- logs
 @cli.command()
 @click.argument("task_id")
@@ -337,7 +401,7 @@ def tasks_download(ctx: click.Context, task_id: str, dest: str | None) -> None:
 @click.pass_context
 def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, attempt: int | None,
          follow: bool) -> None:  # fmt: skip
-    """Print a task's stdout (or stderr), read where the job runs."""
+    """Print a task's stdout (or stderr), read where the job runs. ID may be `last`."""
     svc = _service(ctx)
     stream = "stderr" if stderr_ else "stdout"
     if not follow:

@@ -295,3 +295,12 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One regular file under a task's work dir, as a backend listed it (one round trip)."""
+
+    path: str  # relative to the work dir, POSIX separators
+    size: int  # bytes
+    mtime: float  # last modification, seconds since the epoch (the cluster's clock)

@@ -89,3 +89,42 @@ def missing_outputs(files: Iterable[str], patterns: Sequence[str]) -> list[str]:
     """The patterns that select none of ``files``, with the same matcher as match_outputs."""
     listed = list(files)
     return [p for p in patterns if not match_outputs(listed, [p])]
+
+
+def check_work_path(path: str) -> str:
+    """A path the user gave for a file under a task's work dir, normalised (``a//b/./c`` ->
+    ``a/b/c``), or ``UsageError`` when it cannot name one: empty, the work dir itself, an
+    absolute path, a ``..`` component (anywhere, even one that would come back inside), or a
+    NUL byte.
+
+    Only the spelling is checked here. Everything else a POSIX file name may hold is kept
+    as it is (quotes, ``$(...)``, ``;``, spaces, newlines, backslashes): the backends pass the
+    path as one argument, never through a shell. Whether the file, once symlinks are
+    resolved, is still inside the work dir can only be decided where the file is read, and
+    the backends check that there."""
+    hint = "give a path relative to the work dir, as `hpcbridge tasks files ID` lists it"
+    if not isinstance(path, str) or "\x00" in path:
+        raise UsageError(f"invalid file path {path!r}", hint=hint)
+    if path.startswith("/"):
+        raise UsageError(f"{path!r} is outside the task's work dir (an absolute path)", hint=hint)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(f"{path!r} is outside the task's work dir ('..' is not allowed)",
+                         hint=hint)  # fmt: skip
+    if not parts:
+        raise UsageError(f"{path!r} names the work dir itself, not a file in it", hint=hint)
+    return "/".join(parts)
+
+
+def in_meta_dir(path: str) -> bool:
+    """Whether the work-dir-relative ``path`` lies in hpcbridge's own ``.hpcbridge/`` dir."""
+    return path.split("/", 1)[0] == META_DIR
+
+
+def is_log_path(path: str) -> bool:
+    """Whether ``path`` is one of the job logs hpcbridge keeps in the work dir
+    (``.hpcbridge/attempt-N.out`` / ``.err``): the task's own output, routed there."""
+    name = path[len(META_DIR) + 1:] if in_meta_dir(path) else ""
+    stem, dot, ext = name.rpartition(".")
+    return (dot == "." and ext in ("out", "err") and stem.startswith("attempt-")
+            and stem[len("attempt-"):].isdigit())  # fmt: skip

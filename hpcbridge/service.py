@@ -20,10 +20,11 @@ from typing import Any
 from .backends.base import Backend, PollRequest
 from .config import ClusterConfig, Config
 from .cycle import SyncReport, sync_all, sync_cluster
-from .errors import HpcBridgeError, TransportError, UsageError, WaitTimeout
+from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
 from .lifecycle import ACTIVE, IN_FLIGHT, WAITING, TaskState
 from .models import Attempt, Event, Task
 from .options import SubmitOptions
+from .paths import check_work_path, in_meta_dir, is_log_path
 from .registry import Registry
 from .report import task_info
 from .runtime import Runtime
@@ -109,6 +110,15 @@ class Service:
 
     # -- queries ---------------------------------------------------------------------------
     def resolve(self, task_id: str) -> str:
+        """A full task id from a full id, a unique prefix, or ``last``: the newest task by
+        creation (ids sort by creation time, and ``l`` is no digit of an id, so ``last`` can
+        never be a prefix). Every use case that takes an id goes through here."""
+        if task_id.strip() == "last":
+            newest = self.registry.list_tasks(limit=1)
+            if not newest:
+                raise TaskNotFound("there are no tasks yet, so no 'last' task",
+                                   hint="submit one with `hpcbridge submit`")  # fmt: skip
+            return newest[0].id
         return self.registry.resolve_id(task_id)
 
     def get(self, task_id: str) -> Task:
@@ -286,3 +296,97 @@ class Service:
             shutil.copy2(src, out)
             copied.append(out)
         return copied
+
+    # -- the work dir, live ----------------------------------------------------------------
+    def _staged(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if task.work_dir is None:
+            raise UsageError(f"task {task.id} has no work dir yet (state {task.state.value})",
+                             hint="its files appear once it is staged; try again in a moment")  # fmt: skip
+        return task
+
+    def files(self, task_id: str) -> dict[str, Any]:
+        """Every file under the task's work dir (one round trip), as plain data:
+        ``{"work_dir", "files": [{"path", "size", "mtime", "meta"}], "newest": {"path",
+        "age_seconds"} | None}``. ``meta`` marks hpcbridge's own ``.hpcbridge/`` dir;
+        ``newest`` is the most recently modified file the task wrote, its stdout/stderr logs
+        included, hpcbridge's markers not (as Inductiva's last-modified-file). Ages are
+        measured with this machine's clock against the cluster's mtimes."""
+        task = self._staged(task_id)
+        listing = self.backend(task.cluster).list_work_dir(task)
+        now = time.time()
+        progress = [f for f in listing if not in_meta_dir(f.path) or is_log_path(f.path)]
+        newest = max(progress, key=lambda f: (f.mtime, f.path), default=None)
+        return {
+            "work_dir": task.work_dir,
+            "files": [{"path": f.path, "size": f.size, "mtime": f.mtime, "meta": in_meta_dir(f.path)}
+                      for f in listing],  # fmt: skip
+            "newest": None if newest is None else
+                      {"path": newest.path, "age_seconds": round(max(0.0, now - newest.mtime), 1)},  # fmt: skip
+        }
+
+    def tail(self, task_id: str, path: str, lines: int | None = 10) -> str:
+        """The last ``lines`` lines (None: all) of the file ``path`` under the task's work
+        dir, read where it is (one round trip). UsageError for a path outside the work dir
+        (absolute, ``..``, or a symlink leaving it: checked where the file is read),
+        RemoteFileNotFound when there is no such file."""
+        rel = check_work_path(path)
+        task = self._staged(task_id)
+        return self.backend(task.cluster).read_work_file(task, rel, lines)
+
+    def follow_file(self, task_id: str, path: str, lines: int | None = 10, *,
+                    interval: float | None = None) -> Iterator[str]:  # fmt: skip
+        """Yield the last ``lines`` lines (None: all) of ``path`` under the task's work dir,
+        then whatever is appended, until the task ends; drives sync meanwhile.
+
+        Each line is yielded exactly once: while the task runs only complete lines are
+        yielded (a line still being written waits for its newline); what is left without one
+        comes when the task has ended. A file that is truncated or replaced (its text no
+        longer starts with what was yielded) starts over from its first line. A file that
+        does not exist yet is waited for; one that never appeared raises RemoteFileNotFound
+        once the task has ended. Each round re-reads the whole file (one round trip every
+        ``interval`` seconds, default 1 locally and 3 on a cluster)."""
+        rel = check_work_path(path)
+        task = self.get(task_id)
+        pause = interval if interval is not None else (
+            1.0 if self.cluster(task.cluster).backend == "local" else 3.0)  # fmt: skip
+        seen = ""  # what was yielded; ends at a line end while the task runs
+        first = True
+        missing: FileNotFoundError | None = None
+        while True:
+            task = self.get(task.id)
+            done = task.state.terminal
+            text: str | None = None
+            if task.work_dir is not None:
+                try:
+                    text = self.backend(task.cluster).read_work_file(task, rel, None)
+                    missing = None
+                except FileNotFoundError as exc:
+                    missing = exc
+                except TransportError as exc:
+                    if done or not exc.transient:
+                        raise
+                    log.warning("task %s: reading %s: %s; trying again", task.id, rel, exc.message)
+            if text is not None:
+                if not text.startswith(seen):
+                    seen = ""  # truncated or replaced: start over
+                new = text[len(seen):]
+                if not done:
+                    new = new[: new.rfind("\n") + 1]
+                shown = new if not first or lines is None else (
+                    "".join(new.splitlines(keepends=True)[-lines:]) if lines else "")  # fmt: skip
+                if shown:
+                    yield shown
+                seen += new
+            first = False
+            if done:
+                if text is None and missing is not None:
+                    raise missing
+                return
+            time.sleep(pause)
+            try:
+                self.sync_cluster(task.cluster)
+            except HpcBridgeError as exc:
+                if not exc.transient:
+                    raise
+                log.warning("cluster %s: %s", task.cluster, exc.message)

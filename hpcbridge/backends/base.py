@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import HpcBridgeError
-from ..models import JobInfo, Task
+from ..models import FileInfo, JobInfo, Task
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,38 @@ class Backend(Protocol):
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
         """The job's stdout or stderr text (the last ``tail`` lines when given)."""
+        ...
+
+    def list_work_dir(self, task: Task) -> list[FileInfo]:
+        """Every regular file under the task's work dir, recursively, in one round trip: its
+        path relative to the work dir (POSIX), size in bytes and mtime (seconds since the
+        epoch, by the clock of the machine the files are on), sorted by path. hpcbridge's own
+        ``.hpcbridge/`` dir (markers, the batch script, the ``attempt-N.out``/``.err`` logs)
+        is listed with the rest; callers tell it apart with ``paths.in_meta_dir``.
+
+        Symlinks are neither followed nor listed (``find -type f``); empty directories do not
+        appear. A file name that is not UTF-8 is shown with replacement characters.
+
+        Raises ``RemoteFileNotFound`` (a ``FileNotFoundError``) when the work dir does not
+        exist (yet), ``RemoteFileError`` when it cannot be listed at all (an unreadable
+        subdirectory only leaves its files out, with a warning logged), ``TransportError``
+        when the cluster cannot be reached. Read-only: safe to repeat."""
+        ...
+
+    def read_work_file(self, task: Task, path: str, tail: int | None) -> str:
+        """The text (UTF-8, undecodable bytes replaced) of the file ``path`` under the
+        task's work dir, in one round trip; with ``tail``, only its last ``tail`` lines,
+        exactly as ``tail -n`` prints them (0 gives ``""``), without reading the whole file.
+
+        ``path`` is relative to the work dir and must pass ``paths.check_work_path``. The
+        backend resolves it where the file is (symlinks included) and refuses a file whose
+        real location is outside the work dir, so a symlink the job made pointing at
+        ``~/.ssh`` reads nothing.
+
+        Raises ``UsageError`` for a path outside the work dir (absolute, ``..``, or a symlink
+        that leaves it), ``RemoteFileNotFound`` when the file (or the work dir) does not
+        exist, ``RemoteFileError`` when it is not a regular file or cannot be read,
+        ``TransportError`` when the cluster cannot be reached. Read-only: safe to repeat."""
         ...
 
     def close(self) -> None: ...

@@ -12,18 +12,21 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
 from ..errors import BackendError, HpcBridgeError, UsageError
 from ..lifecycle import TaskState
-from ..models import JobInfo, Task
-from ..paths import META_DIR, input_name, log_name, marker_dir, match_outputs
+from ..models import FileInfo, JobInfo, Task
+from ..paths import META_DIR, check_work_path, input_name, log_name, marker_dir, match_outputs
+from ..transport.base import RemoteFileError, RemoteFileNotFound, tail_bytes
 from .base import PollRequest, SubmitOutcome, SubmitRequest
 
 log = logging.getLogger(__name__)
@@ -246,8 +249,72 @@ class LocalBackend:
             return ""
         return _tail_text(text, tail)
 
+    def list_work_dir(self, task: Task) -> list[FileInfo]:
+        root = Path(task.work_dir or self.work_dir(task))
+        if not root.is_dir():
+            raise RemoteFileNotFound(str(root), where=f"task {task.id}'s work dir")
+        out: list[FileInfo] = []
+
+        def skipped(exc: OSError) -> None:
+            log.warning("task %s: listing %s: %s", task.id, root, exc)
+
+        # As find -H DIR -type f: the root may be a symlink, nothing below it is followed.
+        for dirpath, _dirs, names in os.walk(root, onerror=skipped):
+            for name in names:
+                full = Path(dirpath) / name
+                try:
+                    st = full.lstat()
+                except OSError:
+                    continue  # vanished while we walked
+                if stat.S_ISREG(st.st_mode):
+                    out.append(FileInfo(full.relative_to(root).as_posix(), st.st_size, st.st_mtime))
+        return sorted(out, key=lambda f: f.path)
+
+    def read_work_file(self, task: Task, path: str, tail: int | None) -> str:
+        rel = check_work_path(path)
+        where = f"task {task.id}'s work dir"
+        work = Path(task.work_dir or self.work_dir(task))
+        try:
+            root = work.resolve(strict=True)
+        except OSError:
+            raise RemoteFileNotFound(str(work), where=where) from None
+        try:
+            target = (root / rel).resolve(strict=True)
+        except OSError:  # missing, a dangling symlink, or a symlink loop
+            raise RemoteFileNotFound(str(root / rel), where=where,
+                                     hint=f"list the files with `hpcbridge tasks files {task.id}`") from None  # fmt: skip
+        if target == root or not target.is_relative_to(root):
+            raise UsageError(f"{rel!r} is outside the task's work dir (a symlink that leaves it)",
+                             hint="give a path relative to the work dir, as "
+                                  "`hpcbridge tasks files ID` lists it")  # fmt: skip
+        if not target.is_file():
+            raise RemoteFileError(f"{where}: not a regular file: {root / rel}", path=str(root / rel))
+        try:
+            with open(target, "rb") as fh:
+                data = fh.read() if tail is None else _read_tail(fh, tail)
+        except OSError as exc:
+            raise RemoteFileError(f"{where}: cannot read {root / rel}: {exc.strerror}",
+                                  path=str(root / rel), err=exc.errno) from None  # fmt: skip
+        return data.decode("utf-8", errors="replace")
+
     def close(self) -> None:
         pass
+
+
+def _read_tail(fh: BinaryIO, lines: int) -> bytes:
+    """The last ``lines`` lines of an open file, read backwards in blocks (never the whole
+    file unless it has fewer lines)."""
+    if lines <= 0:
+        return b""
+    end = fh.seek(0, os.SEEK_END)
+    data = b""
+    pos = end
+    while pos > 0 and data.count(b"\n") <= lines:
+        step = min(65536, pos)
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step) + data
+    return tail_bytes(data, lines)
 
 
 def _read_float(path: Path) -> float | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import posixpath
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -23,9 +24,9 @@ from ..errors import (
     UsageError,
 )
 from ..lifecycle import TaskState
-from ..models import JobInfo, Task
-from ..paths import match_outputs
-from ..transport.base import tail_bytes
+from ..models import FileInfo, JobInfo, Task
+from ..paths import check_work_path, log_name, match_outputs
+from ..transport.base import RemoteFileError, RemoteFileNotFound, tail_bytes
 from .fake_state import ABSENT, AbsentType, FakeCall, FakeJob, FakeState, Key, ScriptItem
 
 S = TaskState
@@ -90,7 +91,11 @@ class FakeBackend:
         self._prepare_errors: dict[str, HpcBridgeError] = {}
         self._raises: dict[str, list[list[Any]]] = {}  # method -> [[error, times left]]
         self._outputs: dict[str, dict[str, bytes]] = {}
+        self._outputs_at: dict[str, float] = {}
+        self._files: dict[str, dict[str, tuple[bytes, float]]] = {}
+        self._outside: dict[str, frozenset[str]] = {}
         self._logs: dict[tuple[str, int, str], str] = {}
+        self._logs_at: dict[tuple[str, int, str], float] = {}
         self._names: dict[str, str] = {}  # task id -> task name, learnt from prepare/submit
         self._lock = threading.RLock()
         for key, items in (script or {}).items():
@@ -158,7 +163,8 @@ class FakeBackend:
 
     def fail(self, method: str, error: BaseException | None = None, *, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` (``"poll"``, ``"submit"``, ``"prepare"``,
-        ``"cancel"``, ``"fetch_outputs"``, ``"read_log"``) raise ``error``; the default is
+        ``"cancel"``, ``"fetch_outputs"``, ``"read_log"``, ``"list_work_dir"``,
+        ``"read_work_file"``) raise ``error``; the default is
         a ``TransportError`` (the cluster cannot be reached: nothing is known)."""
         if method not in _METHODS:
             raise ValueError(f"unknown Backend method {method!r}; one of {sorted(_METHODS)}")
@@ -185,12 +191,31 @@ class FakeBackend:
                 path: data.encode() if isinstance(data, str) else bytes(data)
                 for path, data in files.items()
             }
+            self._outputs_at[task] = time.time()
+
+    def set_files(self, task: str, files: Mapping[str, str | bytes], *,
+                  mtime: float | None = None, outside: Iterable[str] = ()) -> None:  # fmt: skip
+        """More files (relative path -> content) in ``task``'s work dir, for
+        ``list_work_dir`` and ``read_work_file``, modified at ``mtime`` (default: now).
+        Merged with earlier ones (a path set again is replaced, so a test can make a file
+        grow or shrink). The outputs of ``set_outputs`` and the logs of ``set_log``
+        (``.hpcbridge/attempt-N.out``/``.err``) are in the work dir too. ``outside``: paths
+        that are symlinks leaving the work dir: reading one is refused as the real backends
+        refuse it (``UsageError``)."""
+        when = time.time() if mtime is None else mtime
+        with self._lock:
+            mine = self._files.setdefault(task, {})
+            for path, data in files.items():
+                mine[check_work_path(path)] = (data.encode() if isinstance(data, str)
+                                               else bytes(data), when)  # fmt: skip
+            self._outside[task] = self._outside.get(task, frozenset()) | frozenset(outside)
 
     def set_log(self, task: str, attempt: int, stream: str, text: str) -> None:
         """What ``read_log`` returns for this attempt's ``"stdout"`` or ``"stderr"``."""
         _check_stream(stream)
         with self._lock:
             self._logs[(task, attempt, stream)] = text
+            self._logs_at[(task, attempt, stream)] = time.time()
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -291,6 +316,42 @@ class FakeBackend:
                 return text
             return tail_bytes(text.encode(), tail).decode()
 
+    def list_work_dir(self, task: Task) -> list[FileInfo]:
+        with self._lock:
+            self._record("list_work_dir", task)
+            return sorted((FileInfo(p, len(data), at) for p, (data, at) in self._work_files(task).items()),
+                          key=lambda f: f.path)  # fmt: skip
+
+    def read_work_file(self, task: Task, path: str, tail: int | None) -> str:
+        with self._lock:
+            self._record("read_work_file", task, path, tail)
+            rel = check_work_path(path)
+            if rel in self._outside.get(task.id, self._outside.get(task.name, frozenset())):
+                raise UsageError(f"{rel!r} is outside the task's work dir (a symlink that leaves it)",
+                                 hint="give a path relative to the work dir, as "
+                                      "`hpcbridge tasks files ID` lists it")  # fmt: skip
+            files = self._work_files(task)
+            full = posixpath.join(task.work_dir or self._work_dir(task.id), rel)
+            if rel not in files:
+                if any(p.startswith(rel + "/") for p in files):
+                    raise RemoteFileError(f"FakeBackend: not a regular file: {full}", path=full)
+                raise RemoteFileNotFound(full, where=f"FakeBackend: task {task.id}'s work dir")
+            data = files[rel][0]
+            return (data if tail is None else tail_bytes(data, tail)).decode("utf-8", errors="replace")
+
+    def _work_files(self, task: Task) -> dict[str, tuple[bytes, float]]:
+        # you hold self._lock
+        out: dict[str, tuple[bytes, float]] = {}
+        for (key, attempt, stream), text in self._logs.items():
+            if key in (task.id, task.name):
+                out[log_name(attempt, stream)] = (text.encode(), self._logs_at[(key, attempt, stream)])
+        for key in (task.name, task.id):  # the id's entries win over the name's
+            at = self._outputs_at.get(key, 0.0)
+            out.update({p: (d, at) for p, d in self._outputs.get(key, {}).items()})
+        for key in (task.name, task.id):
+            out.update(self._files.get(key, {}))
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._record("close")
@@ -369,7 +430,8 @@ class FakeBackend:
         return [j for j in self.jobs.values() if self._key_matches(j, task, attempt)]
 
 
-_METHODS: Final = frozenset({"prepare", "submit", "poll", "cancel", "fetch_outputs", "read_log"})
+_METHODS: Final = frozenset({"prepare", "submit", "poll", "cancel", "fetch_outputs", "read_log",
+                             "list_work_dir", "read_work_file"})
 
 
 def _as_steps(items: ScriptItem | Sequence[ScriptItem]) -> tuple[ScriptItem, ...]:
