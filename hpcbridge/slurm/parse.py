@@ -362,7 +362,14 @@ def parse_scontrol_show_job(
 _KV = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
 
 
+# 26.05 prints SubmitLine=<the whole sbatch command line, unquoted> before Comment=: any
+# "word=" in it would read as a key (a --comment=... there would hide the job's own comment).
+# It always runs up to the WorkDir= key that follows it.
+_SUBMIT_LINE = re.compile(r"(?<=\s)SubmitLine=.*?(?=\sWorkDir=)")
+
+
 def _scontrol_row(line: str, tz: tzinfo | None) -> JobInfo:
+    line = _SUBMIT_LINE.sub("", line, count=1)
     matches = list(_KV.finditer(line))
     kv: dict[str, str] = {}
     for i, m in enumerate(matches):

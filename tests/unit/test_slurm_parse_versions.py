@@ -523,8 +523,6 @@ def test_scontrol_26_05_prints_the_submit_line_before_the_comment(cap):
         assert "SubmitLine=" not in line
 
 
-@pytest.mark.xfail(strict=True, reason="26.05: scontrol SubmitLine= (new, before Comment=) is "
-                   "split into keys, and the first 'Comment=' inside it wins over the job's")
 def test_scontrol_submit_line_with_key_like_words_does_not_hide_the_comment():
     """A submit line is free text printed before Comment=: ``--wrap 'echo Comment=x'`` (or
     any ``word=``) in it must not become the job's comment. The line below is the real 26.05
