@@ -21,7 +21,7 @@ from .errors import HpcBridgeError, UsageError, WaitTimeout
 from .lifecycle import RETRYABLE_NAMES, TaskState
 from .models import Task
 from .options import SubmitOptions, option_fields
-from .report import duration, format_info, iso, task_summary
+from .report import duration, format_info, format_size, iso, task_summary
 from .service import Service
 
 EXIT_ERROR = 1
@@ -177,7 +177,7 @@ def submit(ctx: click.Context, script_file: str | None, from_file: Any, wait_: b
             given["script"] = Path(str(script_file)).read_text(encoding="utf-8")
         tasks = [svc.submit(**given)]
     if wait_:
-        tasks = svc.wait([t.id for t in tasks], on_progress=_progress_printer())
+        tasks = svc.wait([t.id for t in tasks], on_progress=_progress_printer(svc))
     if as_json:
         out = [svc.info(t.id) for t in tasks]
         click.echo(json.dumps(out if len(out) > 1 or from_file else out[0], indent=2))
@@ -197,14 +197,20 @@ def submit(ctx: click.Context, script_file: str | None, from_file: Any, wait_: b
         ctx.exit(EXIT_ERROR)
 
 
-def _progress_printer() -> Any:
+def _progress_printer(svc: Service) -> Any:
+    """One stderr line per change of state (and, while a task waits, of Slurm's reason)."""
     last: dict[str, str] = {}
 
     def show(tasks: list[Task]) -> None:
+        waiting = [t.id for t in tasks if t.state in (TaskState.QUEUED, TaskState.HELD)]
+        queue = svc.queue_of(waiting) if waiting else {}
         for t in tasks:
-            if last.get(t.id) != t.state.value:
-                last[t.id] = t.state.value
-                click.echo(f"{time.strftime('%H:%M:%S')} {t.id} {t.state.value}", err=True)
+            q = queue.get(t.id) or {}
+            why = f" ({q['reason']}: {q.get('explanation', '')})" if q.get("reason") else ""
+            line = f"{t.state.value}{why}"
+            if last.get(t.id) != line:
+                last[t.id] = line
+                click.echo(f"{time.strftime('%H:%M:%S')} {t.id} {line}", err=True)
 
     return show
 
@@ -225,28 +231,42 @@ def tasks() -> None:
 @click.option("--limit", "-l", type=click.IntRange(min=1), default=50, show_default=True,
               help="Show at most this many tasks (the newest).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--usage", "show_usage", is_flag=True,
+              help="Add CPU% and MEM% columns (efficiency of the latest attempt, from accounting).")  # fmt: skip
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,
-               limit: int, as_json: bool) -> None:  # fmt: skip
+               limit: int, as_json: bool, show_usage: bool) -> None:  # fmt: skip
     """List tasks, newest first."""
     svc = _service(ctx)
     selected = [TaskState(s) for s in states] or None
     if active:
         selected = [s for s in (selected or TaskState) if not s.terminal]
     rows = svc.list_tasks(states=selected, cluster=cluster, limit=limit)
+    usage = svc.usage_of([t.id for t in rows]) if show_usage else {}
     if as_json:
-        click.echo(json.dumps([task_summary(t) for t in rows], indent=2))
+        out = [task_summary(t) for t in rows]
+        for item in out if show_usage else ():
+            u = usage.get(item["id"]) or {}
+            item.update(cpu_efficiency=u.get("cpu_efficiency"), mem_efficiency=u.get("mem_efficiency"))
+        click.echo(json.dumps(out, indent=2))
         return
     if not rows:
         click.echo("no tasks", err=True)
         return
-    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  NAME")
+
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    cols = f"{'CPU%':>5} {'MEM%':>5}  " if show_usage else ""
+    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}NAME")
     for t in rows:
+        u = usage.get(t.id) or {}
+        cols = f"{pct(u.get('cpu_efficiency')):>5} {pct(u.get('mem_efficiency')):>5}  " if show_usage else ""
         created = (iso(t.created_at) or "")[:19].replace("T", " ")
         # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
         state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
         click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
-                   f"{duration(t.run_seconds):>8}  {t.name}")  # fmt: skip
+                   f"{duration(t.run_seconds):>8}  {cols}{t.name}")  # fmt: skip
     if any((t.reason or "").startswith("warning:") for t in rows):
         click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
 
@@ -291,17 +311,47 @@ def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | N
     """Wait until the tasks finish, showing state changes. Exit 0 only if all succeeded; the
     failures' last log lines go to stderr."""
     svc = _service(ctx)
-    done = svc.wait(list(task_ids), timeout=timeout, on_progress=_progress_printer())
+    done = svc.wait(list(task_ids), timeout=timeout, on_progress=_progress_printer(svc))
     for t in done:
         click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))
     for t in done:
         fail = svc.info(t.id, lines=lines)["failure"] if t.state != TaskState.SUCCEEDED else None
+        if fail:
+            click.echo(f"{t.id}: {fail['summary']}" + (f"\n  hint: {fail['hint']}" if fail["hint"] else ""), err=True)
         if fail and fail["tail"]:
-            click.echo(f"{t.id}: {fail['exit'] or t.state.value}; last lines of {fail['stream']}:", err=True)
+            click.echo(f"  last lines of {fail['stream']}:", err=True)
             for line in fail["tail"]:
                 click.echo(f"  | {line}", err=True)
     if any(t.state != TaskState.SUCCEEDED for t in done):
         ctx.exit(EXIT_ERROR)
+
+
+@tasks.command("top")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (one object per sample).")
+@click.option("--watch", "-w", "watch", type=click.FloatRange(min=1), is_flag=False, flag_value=5.0,
+              default=None, help="Sample again every SECS seconds (default 5) until the task ends.")  # fmt: skip
+@click.pass_context
+def tasks_top(ctx: click.Context, task_id: str, as_json: bool, watch: float | None) -> None:
+    """Live resource usage of a running task (sstat: CPU%, current/peak memory, disk I/O)."""
+    svc = _service(ctx)
+    while True:
+        top = svc.top(task_id)
+        click.echo(json.dumps(top) if as_json else _format_top(top))
+        if watch is None or top["state"] in [s.value for s in TaskState if s.terminal]:
+            return
+        time.sleep(watch)
+        svc.sync_cluster(svc.get(task_id).cluster)
+
+
+def _format_top(t: Mapping[str, Any]) -> str:
+    if "rss_bytes" not in t:
+        return f"{t['id']} {t['state']}: {t.get('note', 'no figures')}"
+    mem = f"mem {format_size(t.get('rss_bytes'))} (peak {format_size(t.get('max_rss_bytes'))}"
+    mem += f" of {format_size(t['alloc_mem_bytes'])})" if t.get("alloc_mem_bytes") else ")"
+    cpu = f"cpu {t['cpu_percent']:.0f}% of {t['alloc_cpus']}" if t.get("cpu_percent") is not None else "cpu -"
+    io = f"read {format_size(t.get('disk_read_bytes'))} write {format_size(t.get('disk_write_bytes'))}"
+    return f"{time.strftime('%H:%M:%S')} {t['id']} {cpu}  {mem}  {io}" + (f"  ({t['note']})" if t.get("note") else "")
 
 
 @tasks.command("meta")

@@ -244,7 +244,7 @@ def format_info(info: dict[str, Any]) -> str:
     if q:
         where = f"; position {q['position']} of {q['of']} in its partition" if q.get("position") else ""
         start = f"; Slurm expects it to start {q['estimated_start']}" if q.get("estimated_start") else ""
-        lines.append(f"waiting   {q.get('reason')}: {q.get('explanation')}{where}{start}")
+        lines.append(f"waiting   {q.get('reason')}: {str(q.get('explanation') or '').rstrip('.')}{where}{start}")
         if q.get("action"):
             lines.append(f"          {q['action']}")
     ph = info.get("phases") or {}

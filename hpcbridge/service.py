@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, PollRequest
+from .backends.slurm_monitor import MonitoringBackend
 from .config import ClusterConfig, Config
 from .cycle import SyncReport, sync_all, sync_cluster
 from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
@@ -28,10 +29,21 @@ from .paths import check_work_path, in_meta_dir, is_log_path
 from .registry import Registry
 from .report import task_info
 from .runtime import Runtime
+from .slurm.usage import Thresholds, parse_size
 from .submission import submit_many
 
 log = logging.getLogger(__name__)
 S = TaskState
+
+def _mem_bytes(mem: str | None) -> int | None:
+    """``--mem`` as the user gave it (``500M``, ``4G``; a bare number is MiB, as sbatch reads it)."""
+    if not mem:
+        return None
+    try:
+        return parse_size(mem, unit="M")
+    except ValueError:
+        return None
+
 
 # How often kill re-reads a task that a concurrent sync moved under it.
 KILL_RETRIES = 5
@@ -138,8 +150,24 @@ class Service:
         """Everything known about one task, as plain data (what ``tasks info`` shows);
         ``lines``: how many log lines its ``failure`` section keeps."""
         task = self.get(task_id)
+        thresholds = None
+        if task.cluster in self.config.clusters:  # a task whose cluster left the config still shows
+            c = self.config.clusters[task.cluster]
+            thresholds = Thresholds(min_cpu_efficiency=c.warn_cpu_efficiency_below,
+                                    min_mem_efficiency=c.warn_memory_efficiency_below,
+                                    max_mem_efficiency=c.warn_memory_peak_above)  # fmt: skip
         return task_info(task, self.registry.attempts(task.id), self.registry.events(task.id),
-                         lines=lines)  # fmt: skip
+                         lines=lines, thresholds=thresholds)  # fmt: skip
+
+    def usage_of(self, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """The recorded usage of each task's current attempt (one query), by task id."""
+        return {tid: att.usage for tid, att in self.registry.current_attempts(list(task_ids)).items()
+                if att.usage}  # fmt: skip
+
+    def queue_of(self, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """Why each task's current attempt waits, as the last sync saw it, by task id."""
+        return {tid: att.queue for tid, att in self.registry.current_attempts(list(task_ids)).items()
+                if att.queue}  # fmt: skip
 
     def set_metadata(self, task_id: str, updates: Mapping[str, str | None]) -> dict[str, str]:
         for key, value in updates.items():
@@ -277,6 +305,33 @@ class Service:
             seen = now
             if done:
                 return
+
+    def top(self, task_id: str) -> dict[str, Any]:
+        """What a running task uses now, sampled from the scheduler (one command, through the
+        budget): ``rss_bytes``, ``max_rss_bytes``, ``cpu_seconds``, ``cpu_percent`` (since
+        it started, of its CPUs), disk I/O, ``sampled_at``; ``note`` says why a figure is
+        missing (not running, no accounting gathered, a backend without monitoring)."""
+        task = self.get(task_id)
+        out: dict[str, Any] = {"id": task.id, "state": task.state.value, "alloc_cpus": task.spec.resources.cpus or 1,
+                               "alloc_mem_bytes": _mem_bytes(task.spec.resources.mem)}  # fmt: skip
+        att = self.registry.current_attempts([task.id]).get(task.id)
+        backend = self.backend(task.cluster)
+        if task.state != S.RUNNING or att is None or not att.job_id:
+            return {**out, "note": f"the task is {task.state.value}, not running"}
+        if not isinstance(backend, MonitoringBackend):
+            return {**out, "note": f"cluster {task.cluster} has no live usage (local backend)"}
+        self.runtime.charge(task.cluster, 1)
+        live = backend.live_usage([self.poll_request(task, att)]).get(att.token)
+        if live is None:
+            return {**out, "note": "no running step reported yet (the job may be starting or ending)"}
+        out.update(live)
+        if live.get("gathered") is False:
+            out["note"] = "the site's accounting gathers nothing (jobacct_gather/none): no figures"
+        started = att.started_at or task.started_at
+        if live.get("cpu_seconds") is not None and started:
+            elapsed = max(1e-9, live.get("sampled_at", time.time()) - started)
+            out["cpu_percent"] = 100.0 * live["cpu_seconds"] / (elapsed * out["alloc_cpus"])
+        return out
 
     def download(self, task_id: str, dest: str | os.PathLike[str] | None = None) -> list[Path]:
         """Copy the task's outputs into ``dest`` (default: ./<task id>). Outputs fetched at
