@@ -17,6 +17,7 @@ from .leases import lease_alive
 from .lifecycle import TERMINAL, WAITING, TaskState, plan_transition
 from .models import Attempt, JobInfo, Task
 from .runtime import Runtime
+from .slurm import expand_hostlist
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -34,6 +35,16 @@ class Effects:
     """What applying an observation asks the cycle to do next."""
 
     cancel: list[tuple[Task, Attempt]] = field(default_factory=list)
+
+
+def node_names(hostlist: str | None) -> tuple[str, ...]:
+    """Node names from a scheduler's node list as stored on an attempt (``node[1,3]``)."""
+    if not hostlist:
+        return ()
+    try:
+        return tuple(expand_hostlist(hostlist))
+    except ValueError:  # not a hostlist (another backend's node name): keep it whole
+        return (hostlist,)
 
 
 def with_nodes(excluded: tuple[str, ...], nodes: tuple[str, ...]) -> tuple[str, ...]:
@@ -82,7 +93,7 @@ def apply_observation(
     path: list[TaskState] = []
     details: list[str] = []
     tfields: dict[str, Any] = {}
-    nodes = info.node_names or (tuple(info.nodes.split(",")) if info.nodes else ())
+    nodes = info.node_names or node_names(info.nodes)
     # The cause is known once accounting lists an earlier instance for every restart; a stale
     # cause (restart 2 while only the first requeue is listed) is not the latest one.
     cause_known = bool(info.requeue_causes) and len(info.requeue_causes) >= info.restarts
@@ -107,7 +118,8 @@ def apply_observation(
             plan = plan_transition(current, cause, policy=policy, attempts_done=att.number,
                                    slurm_will_requeue=True)  # fmt: skip
             path.extend(plan.path)
-            old_nodes = tuple(att.nodes.split(",")) if att.nodes and not nodes else nodes
+            # The failed node is the one the earlier instance ran on (still on the attempt).
+            old_nodes = node_names(att.nodes)
             if cause == S.NODE_FAILED and old_nodes and policy.exclude_failed_nodes:
                 tfields["excluded_nodes"] = with_nodes(task.excluded_nodes, old_nodes)
             current = path[-1] if path else current

@@ -87,3 +87,12 @@ def test_a_stale_cause_does_not_explain_a_newer_requeue(tmp_path: Path) -> None:
     observe(svc, fake, S.QUEUED, **info, requeue_causes=("PREEMPTED", "NODE_FAIL"))
     states = [e.to_state for e in svc.registry.events(tid) if e.kind == "state"]
     assert states[-2:] == ["node_failed", "queued"]
+
+
+def test_a_node_failure_of_a_multi_node_job_excludes_every_node_of_the_failed_instance(tmp_path: Path) -> None:
+    svc, fake, tid = running_task(tmp_path)
+    svc.registry.update_attempt(tid, 1, {"nodes": "node[1,3]"})
+    # the requeued instance already runs elsewhere: its node must not be the one excluded
+    observe(svc, fake, S.RUNNING, raw_state="RUNNING", restarts=1, nodes="node2",
+            extra={"node_names": ("node2",)}, requeue_causes=("NODE_FAIL",))  # fmt: skip
+    assert svc.registry.get_task(tid).excluded_nodes == ("node1", "node3")
