@@ -12,7 +12,20 @@ Quick start::
 Test helpers (a scripted backend, a replayed transport) are in ``hpcbridge.testing``.
 """
 
-from .api import Task, configure, get_task, list_tasks, submit, submit_many, sync, wait_all
+# (``sweep`` the function shadows ``hpcbridge.sweep`` the module, which api imports first:
+# the module stays importable as ``hpcbridge.sweep`` through sys.modules.)
+from .api import (
+    Project,
+    Task,
+    configure,
+    get_task,
+    list_tasks,
+    submit,
+    submit_many,
+    sweep,
+    sync,
+    wait_all,
+)
 from .cycle import SyncReport
 from .errors import (
     AmbiguousTaskId,
@@ -53,6 +66,7 @@ __all__ = [
     "HpcBridgeError",
     "IllegalTransition",
     "ParseError",
+    "Project",
     "RegistryBusy",
     "RegistryError",
     "RemoteFileError",
@@ -73,6 +87,7 @@ __all__ = [
     "list_tasks",
     "submit",
     "submit_many",
+    "sweep",
     "sync",
     "wait_all",
 ]

@@ -1,4 +1,5 @@
-"""The public Python API: ``submit``, ``submit_many``, ``Task(id)``, ``list_tasks``, ``sync``.
+"""The public Python API: ``submit``, ``submit_many``, ``sweep``, ``Task(id)``,
+``Project(name)``, ``list_tasks``, ``sync``.
 
 Every call reads the registry afresh, so ``Task(id)`` in a new process (or tomorrow) sees the
 same state, metadata and history as the process that submitted it. Config and registry come
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequenc
 from pathlib import Path
 from typing import Any
 
+from . import projects as _projects
 from .cycle import SyncReport
 from .errors import UsageError
 from .lifecycle import TaskState
@@ -176,8 +178,8 @@ def submit(command: Sequence[str] | None = None, *, script: str | None = None,
     """Submit one task and return at once. ``command`` is an argument list, run without a
     shell; pass ``script="..."`` instead to run a bash script. ``options`` are the other
     fields of ``SubmitOptions`` (time, cpus, mem, gres, partition, account, qos,
-    sbatch_options, signal, env, max_attempts, retry_on, requeue, exclude_failed_nodes,
-    require_outputs); an unknown or mistyped one raises UsageError."""
+    sbatch_options, signal, env, project, max_attempts, retry_on, requeue,
+    exclude_failed_nodes, require_outputs); an unknown or mistyped one raises UsageError."""
     spec = dict(command=command, script=script, cluster=cluster, name=name,
                 inputs=inputs, outputs=outputs, metadata=metadata, **options)  # fmt: skip
     svc = _service()
@@ -191,19 +193,123 @@ def submit_many(specs: Iterable[Mapping[str, Any]]) -> list[Task]:
     return [Task(t.id) for t in svc.submit_many(list(specs))]
 
 
+def _states(state: str | TaskState | Iterable[str | TaskState] | None) -> list[TaskState] | None:
+    if state is None:
+        return None
+    items = [state] if isinstance(state, (str, TaskState)) else list(state)
+    try:
+        return [TaskState(s) for s in items]
+    except ValueError as exc:
+        raise UsageError(f"unknown task state: {exc}",
+                         hint=f"states: {', '.join(s.value for s in TaskState)}") from None  # fmt: skip
+
+
 def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None, *,
-               cluster: str | None = None, limit: int | None = None) -> list[Task]:  # fmt: skip
-    """Tasks, newest first, optionally filtered by state(s) and cluster."""
+               cluster: str | None = None, limit: int | None = None, project: str | None = None,
+               metadata: Mapping[str, str | None] | None = None) -> list[Task]:  # fmt: skip
+    """Tasks, newest first, optionally filtered by state(s), cluster, project and metadata:
+    ``metadata={"alpha": "0.1", "nx": None}`` keeps the tasks whose ``alpha`` is exactly
+    ``"0.1"`` and that have an ``nx`` key (an indexed look-up, not a scan)."""
     svc = _service()
-    states = None
-    if state is not None:
-        items = [state] if isinstance(state, (str, TaskState)) else list(state)
+    rows = _projects.find_tasks(svc, states=_states(state), cluster=cluster, limit=limit,
+                                project=project, metadata=metadata)  # fmt: skip
+    return [Task(t.id) for t in rows]
+
+
+def sweep(command_template: Sequence[str], *, grid: Mapping[str, Iterable[Any]] | None = None,
+          zip: Mapping[str, Iterable[Any]] | None = None,
+          params: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
+          **submit_options: Any) -> list[Task]:  # fmt: skip
+    """Submit one task per parameter set and return them, in order (one submission round
+    trip per cluster). ``command_template`` is an argument list whose ``{name}``
+    placeholders are filled per task, inside each argument, never through a shell (``{{``
+    and ``}}`` are literal braces). The sets: ``grid={"alpha": [0.1, 0.2], "nx": [32, 64]}``
+    (every combination), ``zip={...}`` (equal-length lists, paired), ``params=[{...}, ...]``
+    or the path of a JSON-lines file of sets; given together they combine as a product.
+    Each task's parameters become its metadata (``list_tasks(metadata=...)`` finds them);
+    ``submit_options`` are ``submit``'s keywords, shared by every task (e.g. ``project=``)."""
+    if isinstance(params, str | os.PathLike):
+        from .sweep import parse_params_lines
+
+        path = Path(params)
         try:
-            states = [TaskState(s) for s in items]
-        except ValueError as exc:
-            raise UsageError(f"unknown task state: {exc}",
-                             hint=f"states: {', '.join(s.value for s in TaskState)}") from None  # fmt: skip
-    return [Task(t.id) for t in svc.list_tasks(states=states, cluster=cluster, limit=limit)]
+            params = parse_params_lines(path.read_text(encoding="utf-8"), where=str(path))
+        except OSError as exc:
+            raise UsageError(f"cannot read parameter file {path}: {exc.strerror}") from None
+    tasks = _projects.sweep(_service(), list(command_template), grid=grid, zip=zip, params=params,
+                            **submit_options)  # fmt: skip
+    return [Task(t.id) for t in tasks]
+
+
+class Project:
+    """A handle on the tasks submitted with ``project=name``: counts, core-hours, wait,
+    kill, download. Cheap; holds no state (a project exists while tasks carry its name)."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"a project name must be a non-empty string, got {name!r}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Project({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Project) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("project", self.name))
+
+    @staticmethod
+    def all() -> list[Project]:
+        """Every project some task belongs to, by name."""
+        return [Project(s.name) for s in _projects.summaries(_service())]
+
+    def tasks(self, state: str | TaskState | Iterable[str | TaskState] | None = None) -> list[Task]:
+        """The project's tasks, oldest first (a sweep's order), optionally in these states."""
+        rows = _service().registry.list_tasks(project=self.name, states=_states(state), newest_first=False)
+        return [Task(t.id) for t in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Tasks by state, e.g. ``{"running": 2, "succeeded": 10}`` (empty: no tasks)."""
+        return _service().registry.project_counts(self.name).get(self.name, {})
+
+    def summary(self) -> _projects.ProjectSummary:
+        """Counts, core-hours used and committed, and the estimated cost, in one record."""
+        return _projects.summary(_service(), self.name)
+
+    def core_hours(self) -> dict[str, float]:
+        """``{"used": ..., "committed": ...}``: core-hours accounting recorded for ended
+        attempts, and CPUs x time limit of the tasks queued or running now."""
+        s = self.summary()
+        return {"used": s.core_hours_used, "committed": s.core_hours_committed}
+
+    def submit(self, command: Sequence[str] | None = None, **options: Any) -> Task:
+        """``hpcbridge.submit`` with ``project`` set to this project."""
+        return submit(command, **{**options, "project": self.name})
+
+    def sweep(self, command_template: Sequence[str], **options: Any) -> list[Task]:
+        """``hpcbridge.sweep`` with ``project`` set to this project."""
+        return sweep(command_template, **{**options, "project": self.name})
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        """Block until every task of the project has ended; return the counts by final
+        state. Raises WaitTimeout (a TimeoutError) if they do not within ``timeout`` s."""
+        done = _projects.wait(_service(), self.name, timeout=timeout)
+        out: dict[str, int] = {}
+        for t in done:
+            out[t.state.value] = out.get(t.state.value, 0) + 1
+        return out
+
+    def kill(self) -> int:
+        """Cancel every unfinished task of the project; return how many were asked to stop
+        (they become ``cancelled`` once the scheduler confirms)."""
+        return sum(r.recorded for r in _projects.kill(_service(), self.name))
+
+    def download(self, dest: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:
+        """Copy every succeeded task's outputs into ``dest/<task id>/`` (default
+        ``./<project>``) with an index ``dest/tasks.json`` (ids, states, parameters, files);
+        return the files by task id."""
+        return {d.task.id: d.files for d in _projects.download(_service(), self.name, dest)}
 
 
 def wait_all(tasks: Iterable[Task | str], timeout: float | None = None) -> list[TaskState]:

@@ -17,12 +17,14 @@ from typing import Any
 
 import click
 
+from . import projects as proj
 from .errors import HpcBridgeError, UsageError, WaitTimeout
 from .lifecycle import RETRYABLE_NAMES, TaskState
 from .models import Task
 from .options import SubmitOptions, option_fields
 from .report import duration, format_info, format_size, iso, task_summary
 from .service import Service
+from .sweep import parse_axes, parse_params_lines
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 3
@@ -151,20 +153,44 @@ def _read_from_file(from_file: Any, defaults: Mapping[str, Any]) -> list[SubmitO
 @click.option("--from-file", "from_file", type=click.File("r"),
               help="Submit many tasks: JSON lines, one spec per line with submit's option names "
                    "(options given here are defaults for every line).")  # fmt: skip
+@click.option("--grid", "grid", multiple=True, metavar="NAME=V1,V2,...",
+              help="Sweep: one task per combination of the values of every --grid (repeatable); "
+                   "{NAME} in the command's arguments is replaced by the value.")  # fmt: skip
+@click.option("--zip", "zip_", multiple=True, metavar="NAME=V1,V2,...",
+              help="Sweep: lists of equal length, paired item by item (repeatable).")  # fmt: skip
+@click.option("--params", "params_file", type=click.File("r"),
+              help="Sweep: a JSON-lines file, one parameter set (an object) per line.")  # fmt: skip
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task(s) to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task record(s) as JSON.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def submit(ctx: click.Context, script_file: str | None, from_file: Any, wait_: bool,
-           as_json: bool, command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
+def submit(ctx: click.Context, script_file: str | None, from_file: Any, grid: tuple[str, ...],
+           zip_: tuple[str, ...], params_file: Any, wait_: bool, as_json: bool,
+           command: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Submit a task: hpcbridge submit [OPTIONS] -- COMMAND [ARGS]...
 
     The command runs without a shell: its arguments arrive exactly as given. The new task id
-    is printed alone on the last line of stdout.
+    is printed alone on the last line of stdout (a sweep prints one id per line, in order).
+
+    A sweep (--grid, --zip, --params) submits one task per parameter set in one go: each
+    {name} in the command's arguments is replaced by the value (never through a shell;
+    write {{ and }} for a literal brace) and every task gets its parameters as metadata.
     """
     svc = _service(ctx)
     given = _given(options)
-    if from_file is not None:
+    sweeping = bool(grid or zip_ or params_file)
+    if sweeping:
+        if from_file is not None or script_file:
+            raise UsageError("a sweep (--grid/--zip/--params) takes a command after --, "
+                             "not --script or --from-file")  # fmt: skip
+        if not command:
+            raise UsageError("a sweep needs a command template after --",
+                             hint="hpcbridge submit --grid alpha=0.1,0.2 -- python3 sim.py --alpha {alpha}")  # fmt: skip
+        params = (parse_params_lines(params_file.read(), where=params_file.name)
+                  if params_file is not None else None)  # fmt: skip
+        tasks = proj.sweep(svc, list(command), grid=parse_axes(grid, "--grid") or None,
+                           zip=parse_axes(zip_, "--zip") or None, params=params, **given)  # fmt: skip
+    elif from_file is not None:
         if command or script_file:
             raise UsageError("--from-file takes no command or --script")
         tasks = svc.submit_many(_read_from_file(from_file, given))
@@ -180,7 +206,7 @@ def submit(ctx: click.Context, script_file: str | None, from_file: Any, wait_: b
         tasks = svc.wait([t.id for t in tasks], on_progress=_progress_printer(svc))
     if as_json:
         out = [svc.info(t.id) for t in tasks]
-        click.echo(json.dumps(out if len(out) > 1 or from_file else out[0], indent=2))
+        click.echo(json.dumps(out if len(out) > 1 or from_file or sweeping else out[0], indent=2))
         if wait_ and any(t.state != TaskState.SUCCEEDED for t in tasks):
             ctx.exit(EXIT_ERROR)  # same exit status with or without --json
         return
@@ -228,6 +254,10 @@ def tasks() -> None:
               help="Only tasks in this state (repeatable).")  # fmt: skip
 @click.option("--active", is_flag=True, help="Only tasks that are not finished.")
 @click.option("--cluster", "-c", help="Only tasks on this cluster.")
+@click.option("--project", "-P", help="Only tasks of this project.")
+@click.option("--meta", "-m", "meta", multiple=True, metavar="KEY[=VALUE]",
+              help="Only tasks whose metadata KEY is exactly VALUE, or (without =VALUE) that "
+                   "have KEY (repeatable: all must hold).")  # fmt: skip
 @click.option("--limit", "-l", type=click.IntRange(min=1), default=50, show_default=True,
               help="Show at most this many tasks (the newest).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
@@ -235,13 +265,21 @@ def tasks() -> None:
               help="Add CPU% and MEM% columns (efficiency of the latest attempt, from accounting).")  # fmt: skip
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,
-               limit: int, as_json: bool, show_usage: bool) -> None:  # fmt: skip
+               project: str | None, meta: tuple[str, ...], limit: int, as_json: bool,
+               show_usage: bool) -> None:  # fmt: skip
     """List tasks, newest first."""
     svc = _service(ctx)
     selected = [TaskState(s) for s in states] or None
     if active:
         selected = [s for s in (selected or TaskState) if not s.terminal]
-    rows = svc.list_tasks(states=selected, cluster=cluster, limit=limit)
+    wanted: dict[str, str | None] = {}
+    for pair in meta:
+        key, sep, value = pair.partition("=")
+        if not key:
+            raise UsageError(f"--meta must look like KEY=VALUE or KEY, got {pair!r}")
+        wanted[key] = value if sep else None
+    rows = proj.find_tasks(svc, states=selected, cluster=cluster, limit=limit, project=project,
+                           metadata=wanted or None)  # fmt: skip
     usage = svc.usage_of([t.id for t in rows]) if show_usage else {}
     if as_json:
         out = [task_summary(t) for t in rows]
@@ -439,6 +477,157 @@ def tasks_tail(ctx: click.Context, task_id: str, path: str, lines: int, follow: 
         return
     for chunk in svc.follow_file(task_id, path, lines):
         click.echo(chunk, nl=False)
+
+
+# ---------------------------------------------------------------------------- projects
+@cli.group(cls=_Group)
+def projects() -> None:
+    """Groups of tasks (submit --project NAME): counts, core-hours, cost, wait, download, kill."""
+
+
+def _hours(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def _money(cost: Mapping[str, float], unpriced: bool) -> str:
+    if not cost:
+        return "-"
+    text = " + ".join(f"{v:.2f} {c}".strip() for c, v in sorted(cost.items()))
+    return text + (" (+unpriced)" if unpriced else "")
+
+
+def _states_text(counts: Mapping[str, int]) -> str:
+    order = [s.value for s in TaskState]
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: order.index(kv[0])))
+
+
+def _summary_lines(s: proj.ProjectSummary) -> list[str]:
+    used = f"{_hours(s.core_hours_used)} core-hours used"
+    if s.attempts_unaccounted:
+        used += f" ({s.attempts_unaccounted} ended attempt(s) not in accounting yet)"
+    committed = f"{_hours(s.core_hours_committed)} core-hours committed by queued/running tasks"
+    if s.committed_unknown:
+        committed += f" (+{s.committed_unknown} without a time limit)"
+    lines = [f"project   {s.name}", f"tasks     {s.tasks}: {_states_text(s.counts)}", f"usage     {used}",
+             f"          {committed}"]  # fmt: skip
+    if s.cost_used or s.cost_committed:
+        lines.append(f"cost      ~{_money(s.cost_used, s.unpriced)} used, "
+                     f"~{_money(s.cost_committed, s.unpriced)} committed (estimate)")  # fmt: skip
+    return lines
+
+
+@projects.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.pass_context
+def projects_list(ctx: click.Context, as_json: bool) -> None:
+    """Every project: tasks by state, core-hours used (from accounting) and committed
+    (CPUs x time limit of queued and running tasks), estimated cost."""
+    rows = proj.summaries(_service(ctx))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no projects (submit with --project NAME)", err=True)
+        return
+    width = max(12, *(len(r.name) + 2 for r in rows))
+    priced = any(r.cost_used or r.cost_committed for r in rows)
+    click.echo(f"{'PROJECT':<{width}}{'TASKS':>6}{'ACTIVE':>7}  {'CORE-H USED':>11}  {'COMMITTED':>9}  "
+               + (f"{'COST USED':>12}  " if priced else "") + "STATES")  # fmt: skip
+    for r in rows:
+        used = _hours(r.core_hours_used) + ("*" if r.attempts_unaccounted else "")
+        cost = f"{_money(r.cost_used, r.unpriced):>12}  " if priced else ""
+        click.echo(f"{r.name:<{width}}{r.tasks:>6}{r.active:>7}  {used:>11}  {_hours(r.core_hours_committed):>9}  "
+                   f"{cost}{_states_text(r.counts)}")  # fmt: skip
+    if any(r.attempts_unaccounted for r in rows):
+        click.echo("* some ended attempts are not in accounting yet (sacct lags; a sync brings them)", err=True)
+
+
+@projects.command("show")
+@click.argument("name")
+@click.option("--limit", "-l", type=click.IntRange(min=1), help="Show at most this many tasks.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (summary and tasks).")
+@click.pass_context
+def projects_show(ctx: click.Context, name: str, limit: int | None, as_json: bool) -> None:
+    """One project: its numbers, then its tasks (oldest first) with their metadata, i.e. a
+    sweep's parameters, as columns."""
+    svc = _service(ctx)
+    summary = proj.summary(svc, name)
+    rows = proj.tasks(svc, name, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"summary": summary.to_dict(),
+                               "tasks": [{**task_summary(t), "metadata": dict(t.metadata)} for t in rows]},
+                              indent=2))  # fmt: skip
+        return
+    for line in _summary_lines(summary):
+        click.echo(line)
+    keys = proj.parameter_names(rows)
+    widths = {k: max(len(k), *(len(t.metadata.get(k, "-")) for t in rows)) + 2 for k in keys}
+    click.echo("")
+    click.echo(f"{'ID':<14}{'STATE':<14}{'ATT':>3}  {'RUN':>8}  " + "".join(f"{k.upper():<{widths[k]}}" for k in keys)
+               + "NAME")  # fmt: skip
+    for t in rows:
+        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
+        params = "".join(f"{t.metadata.get(k, '-'):<{widths[k]}}" for k in keys)
+        click.echo(f"{t.id:<14}{state:<14}{t.attempt_count:>3}  {duration(t.run_seconds):>8}  {params}{t.name}")
+
+
+@projects.command("wait")
+@click.argument("name")
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit status 3).")
+@click.pass_context
+def projects_wait(ctx: click.Context, name: str, timeout: float | None) -> None:
+    """Wait until every task of the project has finished, printing the counts as they
+    change. Exit 0 only if all succeeded."""
+    svc = _service(ctx)
+    last = [""]
+
+    def show(tasks: list[Task]) -> None:
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+        line = _states_text(counts)
+        if line != last[0]:
+            last[0] = line
+            click.echo(f"{time.strftime('%H:%M:%S')} {name}: {line}", err=True)
+
+    done = proj.wait(svc, name, timeout=timeout, on_progress=show)
+    bad = [t for t in done if t.state != TaskState.SUCCEEDED]
+    for t in bad:
+        click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))
+    click.echo(f"{name}: {len(done) - len(bad)} of {len(done)} succeeded")
+    if bad:
+        ctx.exit(EXIT_ERROR)
+
+
+@projects.command("download")
+@click.argument("name")
+@click.option("--dir", "-d", "dest", type=click.Path(file_okay=False),
+              help="Target dir (default ./NAME); each task's outputs go to DIR/ID/, and DIR/tasks.json "
+                   "lists ids, states, parameters and files.")  # fmt: skip
+@click.pass_context
+def projects_download(ctx: click.Context, name: str, dest: str | None) -> None:
+    """Copy the outputs of every succeeded task of the project into one directory."""
+    got = proj.download(_service(ctx), name, dest)
+    for d in got:
+        if d.skipped:
+            click.echo(f"{d.task.id} skipped: {d.skipped}", err=True)
+        else:
+            click.echo(f"{d.task.id} {len(d.files)} file(s)")
+    root = Path(dest) if dest else Path.cwd() / name
+    click.echo(f"{sum(len(d.files) for d in got)} file(s) of {sum(not d.skipped for d in got)} task(s) in {root}")
+
+
+@projects.command("kill")
+@click.argument("name")
+@click.pass_context
+def projects_kill(ctx: click.Context, name: str) -> None:
+    """Cancel every unfinished task of the project (one scancel per cluster)."""
+    results = proj.kill(_service(ctx), name)
+    for r in results:
+        click.echo(f"{r.task.id} {r.task.state.value}" + (f" ({r.note})" if r.note else ""))
+    click.echo(f"{name}: {sum(r.recorded for r in results)} task(s) cancelled or asked to stop")
+    if any(not r.recorded and not r.task.state.terminal for r in results):
+        ctx.exit(EXIT_ERROR)
 
 
 # ---------------------------------------------------------------------------- logs

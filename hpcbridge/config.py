@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,14 @@ class ClusterConfig:
     warn_cpu_efficiency_below: float = 0.5
     warn_memory_efficiency_below: float = 0.3
     warn_memory_peak_above: float = 0.9
+    # Project of tasks submitted without one (the top-level default_project, or
+    # $HPCBRIDGE_PROJECT); every cluster carries it so a task's options can be built from its
+    # cluster alone.
+    default_project: str | None = None
+    # An estimated price per core-hour on this cluster (projects list/show turn core-hours
+    # into a cost with it), in `currency` (any label, e.g. "EUR", "credits").
+    price_per_core_hour: float | None = None
+    currency: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ class Config:
     clusters: Mapping[str, ClusterConfig]
     default_cluster: str
     path: Path | None = None  # the file it came from, None = built-in
+    default_project: str | None = None  # project of tasks submitted without one
 
     def cluster(self, name: str | None) -> ClusterConfig:
         key = name or self.default_cluster
@@ -133,6 +142,8 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "warn_cpu_efficiency_below": (int, float),
     "warn_memory_efficiency_below": (int, float),
     "warn_memory_peak_above": (int, float),
+    "price_per_core_hour": (int, float),
+    "currency": str,
     "retry": dict,
 }
 _RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -175,12 +186,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], file: Path | None = None) -> Config:
     where = str(file) if file else "<config>"
-    unknown = set(data) - {"default_cluster", "clusters"}
+    unknown = set(data) - {"default_cluster", "default_project", "clusters"}
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {sorted(unknown)}",
-            hint="allowed: default_cluster, [clusters.NAME]",
+            hint="allowed: default_cluster, default_project, [clusters.NAME]",
         )
+    project = data.get("default_project")
+    if project is not None:
+        _check_type(where, "default_project", project, str)
+        project = check_project_name(project, f"{where}: default_project")
     raw_clusters = data.get("clusters", {})
     if not isinstance(raw_clusters, dict):
         raise ConfigError(f"{where}: 'clusters' must be a table of [clusters.NAME] tables")
@@ -193,7 +208,20 @@ def parse_config(data: Mapping[str, Any], file: Path | None = None) -> Config:
             f"{where}: default_cluster = {default!r} names no cluster",
             hint=f"defined clusters: {', '.join(sorted(clusters))}",
         )
-    return Config(clusters, default, file)
+    return _with_project(Config(clusters, default, file), project)
+
+
+def check_project_name(name: str, what: str = "project") -> str:
+    """A project name as given, if valid: non-empty, printable, at most 128 characters."""
+    if not isinstance(name, str) or not name.strip() or not name.isprintable() or len(name) > 128:
+        raise ConfigError(f"{what}: project name {name!r} must be 1-128 printable characters")
+    return name
+
+
+def _with_project(config: Config, project: str | None) -> Config:
+    """``config`` with ``project`` as its default project, on every cluster too."""
+    clusters = {n: replace(c, default_project=project) for n, c in config.clusters.items()}
+    return Config(clusters, config.default_cluster, config.path, project)
 
 
 def _check_type(where: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -248,12 +276,15 @@ def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
                 "submit_parallelism"):
         if key in kwargs and kwargs[key] <= 0:
             raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
+    if kwargs.get("price_per_core_hour", 0) < 0:
+        raise ConfigError(f"{prefix}: price_per_core_hour must be >= 0, got {kwargs['price_per_core_hour']}")
     kwargs["defaults"] = Resources.from_dict(resources)
     return ClusterConfig(**kwargs)
 
 
 def _apply_env(config: Config) -> Config:
-    """``HPCBRIDGE_CLUSTER`` overrides the default cluster."""
+    """``HPCBRIDGE_CLUSTER`` overrides the default cluster, ``HPCBRIDGE_PROJECT`` the
+    default project."""
     override = os.environ.get("HPCBRIDGE_CLUSTER")
     if override:
         if override not in config.clusters:
@@ -261,5 +292,8 @@ def _apply_env(config: Config) -> Config:
                 f"HPCBRIDGE_CLUSTER={override!r} names no cluster",
                 hint=f"defined clusters: {', '.join(sorted(config.clusters))}",
             )
-        return Config(config.clusters, override, config.path)
+        config = Config(config.clusters, override, config.path, config.default_project)
+    project = os.environ.get("HPCBRIDGE_PROJECT")
+    if project:
+        config = _with_project(config, check_project_name(project, "HPCBRIDGE_PROJECT"))
     return config

@@ -110,6 +110,7 @@ class TaskSpec:
     resources: Resources = field(default_factory=Resources)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     require_outputs: bool = False  # a success whose outputs matched nothing is a failure
+    project: str | None = None  # the project it counts towards (projects list/show/wait/kill)
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.script):
@@ -145,6 +146,7 @@ class TaskSpec:
             "resources": self.resources.to_dict(),
             "retry": self.retry.to_dict(),
             "require_outputs": self.require_outputs,
+            "project": self.project,
         }
 
     @classmethod
@@ -160,6 +162,7 @@ class TaskSpec:
             resources=Resources.from_dict(data.get("resources") or {}),
             retry=RetryPolicy.from_dict(data.get("retry") or {}, strict=False),
             require_outputs=bool(data.get("require_outputs", False)),
+            project=data.get("project"),
         )
 
 
@@ -223,6 +226,11 @@ class Task:
     @property
     def cluster(self) -> str:
         return self.spec.cluster
+
+    @property
+    def project(self) -> str | None:
+        """The project the task belongs to (None: none), fixed at submission."""
+        return self.spec.project
 
     @property
     def queue_seconds(self) -> float | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ClusterConfig
+from .config import ClusterConfig, check_project_name
 from .errors import ConfigError, UsageError
 from .lifecycle import RETRYABLE_NAMES, parse_retry_on
 from .models import Resources, TaskSpec
@@ -48,6 +48,7 @@ class SubmitOptions:
     script: str | None = _opt(STR, "a bash script body, instead of a command")
     cluster: str | None = _opt(STR, "Cluster name from the config (default: its default_cluster).")
     name: str | None = _opt(STR, "A name for the task.")
+    project: str | None = _opt(STR, "Project the task belongs to (default: the config's default_project).")
     inputs: tuple[str, ...] = _opt(STR_LIST, "File or directory copied into the task's work dir (repeatable).")
     outputs: tuple[str, ...] = _opt(STR_LIST, "Glob (relative to the work dir) of outputs to bring back (repeatable).")
     metadata: Mapping[str, str] = _opt(STR_MAP, "Metadata key=value (repeatable).")
@@ -173,6 +174,12 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
     check_sbatch_options(opts.sbatch_options)
     if opts.signal:
         check_signal(opts.signal)
+    project = opts.project or cfg.default_project
+    if project is not None:
+        try:
+            check_project_name(project)
+        except ConfigError as exc:
+            raise UsageError(exc.message, hint="e.g. --project heat-study") from None
     resources = Resources(
         time=opts.time or None, cpus=opts.cpus, mem=opts.mem or None, gres=opts.gres or None,
         partition=opts.partition or None, account=opts.account or None, qos=opts.qos or None,
@@ -183,6 +190,7 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
         cluster=cfg.name, inputs=tuple(inputs), outputs=tuple(opts.outputs), env=dict(opts.env),
         resources=resources, retry=policy,
         require_outputs=cfg.require_outputs if opts.require_outputs is None else opts.require_outputs,
+        project=project,
     )  # fmt: skip
     return spec, dict(opts.metadata)
 

@@ -24,12 +24,21 @@ if TYPE_CHECKING:
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
 from .lifecycle import TaskState, check_transition
 from .models import Attempt, Event, Task
+from .registry_queries import (
+    ENDED_ATTEMPT_STATES,
+    marks,
+    project_counts,
+    project_usage,
+    task_filter,
+)
 from .schema import (
     JSON_ATTEMPT_FIELDS,
     MIGRATIONS,
+    TASK_COLUMN_COUNT,
     TASK_COLUMNS,
     encode_task_fields,
     row_to_attempt,
+    row_to_event,
     row_to_task,
 )
 
@@ -191,7 +200,7 @@ class Registry:
 
     def _insert(self, c: sqlite3.Connection, task: Task, source: str, detail: str) -> None:
         c.execute(
-            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 22)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({marks(TASK_COLUMN_COUNT)})",
             (
                 task.id,
                 task.spec.name,
@@ -215,8 +224,11 @@ class Registry:
                 int(task.cancel_requested),
                 task.lease,
                 task.lease_lost_at,
+                task.project,
             ),
         )
+        c.executemany("INSERT INTO task_meta (task_id, key, value) VALUES (?, ?, ?)",
+                      [(task.id, k, v) for k, v in task.metadata.items()])  # fmt: skip
         self._event(c, task.id, "state", source, None, task.state.value, None, detail)
 
     def get_task(self, task_id: str) -> Task:
@@ -261,22 +273,16 @@ class Registry:
         cluster: str | None = None,
         limit: int | None = None,
         newest_first: bool = True,
+        project: str | None = None,
+        metadata: Mapping[str, str | None] | None = None,
     ) -> list[Task]:
-        where: list[str] = []
-        params: list[Any] = []
-        if states is not None:
-            values = [s.value for s in states]
-            if not values:
-                return []
-            where.append(f"state IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-        if cluster is not None:
-            where.append("cluster = ?")
-            params.append(cluster)
-        sql = f"SELECT {TASK_COLUMNS} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id " + ("DESC" if newest_first else "ASC")
+        """Tasks by id (creation order), filtered: ``metadata`` maps a key to its exact
+        value, or to None for "has the key" (matched through the indexed ``task_meta``)."""
+        found = task_filter(states=states, cluster=cluster, project=project, metadata=metadata)
+        if found is None:
+            return []
+        where, params = found
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY id " + ("DESC" if newest_first else "ASC")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
@@ -386,6 +392,12 @@ class Registry:
                 "UPDATE tasks SET metadata = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(meta), time.time(), task_id),
             )
+            # The index table, in the same transaction: deleted keys go, set ones are upserted.
+            c.executemany("DELETE FROM task_meta WHERE task_id = ? AND key = ?",
+                          [(task_id, k) for k, v in updates.items() if v is None])  # fmt: skip
+            c.executemany("INSERT INTO task_meta (task_id, key, value) VALUES (?, ?, ?) ON CONFLICT"
+                          " (task_id, key) DO UPDATE SET value = excluded.value",
+                          [(task_id, k, v) for k, v in updates.items() if v is not None])  # fmt: skip
             detail = ", ".join(
                 f"{k}={'(deleted)' if v is None else v}" for k, v in sorted(updates.items())
             )
@@ -464,16 +476,26 @@ class Registry:
     def attempts_needing_usage(self, cluster: str, *, since: float) -> list[Attempt]:
         """Attempts of ``cluster`` whose job ended (last seen since ``since``) and whose
         resource usage is not recorded yet."""
-        ended = [s.value for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED,
-                                   TaskState.TIMED_OUT, TaskState.OUT_OF_MEMORY,
-                                   TaskState.NODE_FAILED, TaskState.PREEMPTED)]  # fmt: skip
         rows = self.conn.execute(
             "SELECT a.* FROM attempts a JOIN tasks t ON t.id = a.task_id"
-            f" WHERE t.cluster = ? AND a.state IN ({', '.join('?' * len(ended))})"
+            f" WHERE t.cluster = ? AND a.state IN ({marks(len(ENDED_ATTEMPT_STATES))})"
             " AND a.job_id IS NOT NULL AND a.usage IS NULL AND a.last_seen_at >= ?",
-            (cluster, *ended, since),
+            (cluster, *ENDED_ATTEMPT_STATES, since),
         )
         return [row_to_attempt(r) for r in rows]
+
+    # -- projects -------------------------------------------------------------------------
+    def project_counts(self, project: str | None = None) -> dict[str, dict[str, int]]:
+        """``{project: {state: tasks}}`` of every project (or one), from the index."""
+        out: dict[str, dict[str, int]] = {}
+        for name, state, n in self.conn.execute(*project_counts(project)):
+            out.setdefault(name, {})[state] = n
+        return out
+
+    def project_usage(self, project: str | None = None) -> list[tuple[str, str, float, int, int]]:
+        """``(project, cluster, core_hours, attempts with usage, ended attempts without)``."""
+        return [(p, c, float(h or 0.0), int(w or 0), int(m or 0))
+                for p, c, h, w, m in self.conn.execute(*project_usage(project))]  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
     def add_event(
@@ -510,20 +532,7 @@ class Registry:
         rows = self.conn.execute(
             "SELECT * FROM events WHERE task_id = ? ORDER BY id", (task_id,)
         )
-        return [
-            Event(
-                id=r["id"],
-                task_id=r["task_id"],
-                at=r["at"],
-                kind=r["kind"],
-                source=r["source"],
-                from_state=r["from_state"],
-                to_state=r["to_state"],
-                attempt=r["attempt"],
-                detail=r["detail"] or "",
-            )
-            for r in rows
-        ]
+        return [row_to_event(r) for r in rows]
 
     # -- scheduler command budget (token bucket shared through the registry) --------------
     def take_budget(self, cluster: str, n: float, *, rate_per_minute: float, burst: float) -> float:

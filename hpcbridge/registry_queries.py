@@ -1,0 +1,96 @@
+"""The registry's read queries that filter and aggregate, as SQL text plus parameters.
+
+Pure: no connection here (``registry.py`` runs them). Kept apart so the registry module
+stays about transactions and compare-and-set writes.
+
+* ``task_filter``: the ``WHERE`` of ``list_tasks`` (states, cluster, project, metadata).
+  Metadata is matched through the ``task_meta`` table (one row per key, indexed on
+  ``(key, value, task_id)``), never by parsing each task's JSON.
+* ``PROJECT_COUNTS``: tasks per project and state, from the ``(project, state)`` index.
+* ``project_usage``: per project and cluster, the core-hours recorded in the usage of ended
+  attempts, how many ended attempts have it, and how many ended with a job but without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .lifecycle import TaskState
+
+S = TaskState
+
+# The attempt states of a job that ended (its usage can be asked from accounting).
+ENDED_ATTEMPT_STATES: tuple[str, ...] = tuple(s.value for s in (
+    S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.OUT_OF_MEMORY, S.NODE_FAILED, S.PREEMPTED))  # fmt: skip
+
+
+def marks(n: int) -> str:
+    """``?, ?, ?`` for ``n`` parameters."""
+    return ", ".join("?" * n)
+
+
+def task_filter(*, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+                project: str | None = None,
+                metadata: Mapping[str, str | None] | None = None) -> tuple[str, list[Any]] | None:  # fmt: skip
+    """``(" WHERE ...", params)`` for the tasks table (``""`` when nothing filters), or None
+    when the filter can match nothing (an empty list of states). ``metadata`` maps a key to
+    its exact value, or to None for "has the key"; every pair must hold."""
+    where: list[str] = []
+    params: list[Any] = []
+    if states is not None:
+        values = [s.value for s in states]
+        if not values:
+            return None
+        where.append(f"state IN ({marks(len(values))})")
+        params.extend(values)
+    if cluster is not None:
+        where.append("cluster = ?")
+        params.append(cluster)
+    if project is not None:
+        where.append("project = ?")
+        params.append(project)
+    for key, value in (metadata or {}).items():
+        if value is None:
+            where.append("id IN (SELECT task_id FROM task_meta WHERE key = ?)")
+            params.append(key)
+        else:
+            where.append("id IN (SELECT task_id FROM task_meta WHERE key = ? AND value = ?)")
+            params.extend((key, value))
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+PROJECT_COUNTS = ("SELECT project, state, COUNT(*) FROM tasks WHERE project IS NOT NULL"
+                  " GROUP BY project, state")  # fmt: skip
+
+
+def project_counts(project: str | None = None) -> tuple[str, list[Any]]:
+    """Tasks per (project, state), of every project or one."""
+    if project is None:
+        return PROJECT_COUNTS, []
+    return "SELECT project, state, COUNT(*) FROM tasks WHERE project = ? GROUP BY project, state", [project]
+
+
+def project_usage(project: str | None = None) -> tuple[str, list[Any]]:
+    """Rows ``(project, cluster, core_hours, with_usage, without_usage)``: the core-hours in
+    the recorded usage of attempts (recorded once a job ended), how many attempts have a
+    figure, and how many ended with a job but have no usage recorded (yet)."""
+    ended = marks(len(ENDED_ATTEMPT_STATES))
+    sql = (
+        "SELECT t.project, t.cluster, SUM(json_extract(a.usage, '$.core_hours')),"
+        " SUM(json_extract(a.usage, '$.core_hours') IS NOT NULL),"
+        " SUM(a.usage IS NULL AND a.job_id IS NOT NULL)"
+        " FROM attempts a JOIN tasks t ON t.id = a.task_id"
+        f" WHERE (a.usage IS NOT NULL OR a.state IN ({ended})) AND "
+    )
+    params: list[Any] = list(ENDED_ATTEMPT_STATES)
+    if project is None:
+        sql += "t.project IS NOT NULL"
+    else:
+        sql += "t.project = ?"
+        params.append(project)
+    return sql + " GROUP BY t.project, t.cluster", params
+
+
+__all__ = ["ENDED_ATTEMPT_STATES", "PROJECT_COUNTS", "marks", "project_counts", "project_usage",
+           "task_filter"]  # fmt: skip
