@@ -97,6 +97,14 @@ class Task:
         # The calling thread's service unless one was given: the handle works from any thread.
         return self._own if self._own is not None else _service()
 
+    @classmethod
+    def _known(cls, task_id: str) -> Task:
+        """A handle on an id just read from the registry (no look-up to resolve it)."""
+        task = cls.__new__(cls)
+        task._own = None
+        task.id = task_id
+        return task
+
     def __repr__(self) -> str:
         return f"Task({self.id!r})"
 
@@ -210,10 +218,9 @@ def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None,
     """Tasks, newest first, optionally filtered by state(s), cluster, project and metadata:
     ``metadata={"alpha": "0.1", "nx": None}`` keeps the tasks whose ``alpha`` is exactly
     ``"0.1"`` and that have an ``nx`` key (an indexed look-up, not a scan)."""
-    svc = _service()
-    rows = _projects.find_tasks(svc, states=_states(state), cluster=cluster, limit=limit,
-                                project=project, metadata=metadata)  # fmt: skip
-    return [Task(t.id) for t in rows]
+    ids = _projects.find_task_ids(_service(), states=_states(state), cluster=cluster, limit=limit,
+                                  project=project, metadata=metadata)  # fmt: skip
+    return [Task._known(i) for i in ids]
 
 
 def sweep(command_template: Sequence[str], *, grid: Mapping[str, Iterable[Any]] | None = None,
@@ -266,8 +273,8 @@ class Project:
 
     def tasks(self, state: str | TaskState | Iterable[str | TaskState] | None = None) -> list[Task]:
         """The project's tasks, oldest first (a sweep's order), optionally in these states."""
-        rows = _service().registry.list_tasks(project=self.name, states=_states(state), newest_first=False)
-        return [Task(t.id) for t in rows]
+        ids = _projects.find_task_ids(_service(), project=self.name, states=_states(state), newest_first=False)
+        return [Task._known(i) for i in ids]
 
     def counts(self) -> dict[str, int]:
         """Tasks by state, e.g. ``{"running": 2, "succeeded": 10}`` (empty: no tasks)."""

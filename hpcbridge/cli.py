@@ -492,7 +492,8 @@ def _hours(x: float) -> str:
 def _money(cost: Mapping[str, float], unpriced: bool) -> str:
     if not cost:
         return "-"
-    text = " + ".join(f"{v:.2f} {c}".strip() for c, v in sorted(cost.items()))
+    text = " + ".join((f"{v:.2f} {c}" if v >= 1 or v == 0 else f"{v:.4f} {c}").strip()
+                      for c, v in sorted(cost.items()))  # fmt: skip
     return text + (" (+unpriced)" if unpriced else "")
 
 

@@ -102,16 +102,19 @@ def summaries(svc: Service, project: str | None = None) -> list[ProjectSummary]:
     used: dict[str, list[tuple[str, float, int, int]]] = {}
     for name, cluster, hours, with_usage, without in svc.registry.project_usage(project):
         used.setdefault(name, []).append((cluster, hours, with_usage, without))
+    asked: dict[str, list[tuple[str, Any, Any, int]]] = {}
+    for name, cluster, cpus, limit, n in svc.registry.project_requests(COMMITTED_STATES, project):
+        asked.setdefault(name, []).append((cluster, cpus, limit, n))
     out = []
     for name in sorted(counts):
         committed: dict[str, float] = {}
         unknown = 0
-        for task in svc.registry.list_tasks(states=COMMITTED_STATES, project=name):
-            asked = requested_core_hours(svc, task)
-            if asked is None:
-                unknown += 1
+        for cluster, cpus, limit, n in asked.get(name, []):
+            each = request_core_hours(svc, cluster, cpus, limit)
+            if each is None:
+                unknown += n
             else:
-                committed[task.cluster] = committed.get(task.cluster, 0.0) + asked
+                committed[cluster] = committed.get(cluster, 0.0) + n * each
         rows = used.get(name, [])
         cost_used, unpriced_u = _cost(svc, {c: h for c, h, _, _ in rows})
         cost_committed, unpriced_c = _cost(svc, committed)
@@ -139,15 +142,20 @@ def _local(svc: Service, cluster: str) -> bool:
     return cfg is not None and cfg.backend == "local"
 
 
-def requested_core_hours(svc: Service, task: Task) -> float | None:
-    """CPUs x time limit of the task's request (the cluster's defaults filling in), in
-    hours; None when no time limit is known (the partition's default applies)."""
-    res = task.spec.resources
-    cfg = svc.config.clusters.get(task.cluster)
+def request_core_hours(svc: Service, cluster: str, cpus: int | None, time: str | None) -> float | None:
+    """CPUs x time limit of one request on ``cluster`` (its defaults filling in), in hours;
+    None when no time limit is known (the partition's default applies)."""
+    cfg = svc.config.clusters.get(cluster)
     defaults = cfg.defaults if cfg is not None else None
-    cpus = res.cpus or (defaults.cpus if defaults else None) or 1
-    limit = time_limit_seconds(res.time or (defaults.time if defaults else None))
-    return None if limit is None else cpus * limit / 3600.0
+    n = cpus or (defaults.cpus if defaults else None) or 1
+    limit = time_limit_seconds(time or (defaults.time if defaults else None))
+    return None if limit is None else n * limit / 3600.0
+
+
+def requested_core_hours(svc: Service, task: Task) -> float | None:
+    """CPUs x time limit of the task's request, in hours (see ``request_core_hours``)."""
+    res = task.spec.resources
+    return request_core_hours(svc, task.cluster, res.cpus, res.time)
 
 
 def _cost(svc: Service, hours_by_cluster: Mapping[str, float]) -> tuple[dict[str, float], bool]:
@@ -162,16 +170,29 @@ def _cost(svc: Service, hours_by_cluster: Mapping[str, float]) -> tuple[dict[str
     return cost, unpriced
 
 
+def _check_filter(metadata: Mapping[str, str | None] | None) -> None:
+    if metadata is not None and (not isinstance(metadata, Mapping) or not all(
+            isinstance(k, str) and k and (v is None or isinstance(v, str)) for k, v in metadata.items())):  # fmt: skip
+        raise UsageError(f"a metadata filter maps keys to str (or None: has the key), got {metadata!r}")
+
+
 def find_tasks(svc: Service, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
                limit: int | None = None, project: str | None = None,
                metadata: Mapping[str, str | None] | None = None) -> list[Task]:  # fmt: skip
     """Tasks, newest first, filtered by state(s), cluster, project and metadata (a key to its
     exact value, or to None for "has the key"; every pair must hold; indexed look-ups)."""
-    if metadata is not None and (not isinstance(metadata, Mapping) or not all(
-            isinstance(k, str) and k and (v is None or isinstance(v, str)) for k, v in metadata.items())):  # fmt: skip
-        raise UsageError(f"a metadata filter maps keys to str (or None: has the key), got {metadata!r}")
+    _check_filter(metadata)
     return svc.registry.list_tasks(states=states, cluster=cluster, limit=limit, project=project,
                                    metadata=metadata)  # fmt: skip
+
+
+def find_task_ids(svc: Service, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+                  limit: int | None = None, project: str | None = None,
+                  metadata: Mapping[str, str | None] | None = None, newest_first: bool = True) -> list[str]:  # fmt: skip
+    """The ids ``find_tasks`` would return (no records built)."""
+    _check_filter(metadata)
+    return svc.registry.task_ids(states=states, cluster=cluster, limit=limit, project=project,
+                                 metadata=metadata, newest_first=newest_first)  # fmt: skip
 
 
 def tasks(svc: Service, name: str, *, states: Iterable[TaskState] | None = None,
@@ -269,6 +290,6 @@ def sweep(svc: Service, command: Sequence[str], *, grid: Mapping[str, Iterable[A
     return svc.submit_many(sweep_options(command, grid=grid, zip=zip, params=params, **options))
 
 
-__all__ = ["COMMITTED_STATES", "Download", "ProjectSummary", "download", "find_tasks", "kill", "parameter_names",
-           "requested_core_hours", "summaries", "summary", "sweep", "sweep_options", "tasks",
+__all__ = ["COMMITTED_STATES", "Download", "ProjectSummary", "download", "find_task_ids", "find_tasks", "kill", "parameter_names",
+           "request_core_hours", "requested_core_hours", "summaries", "summary", "sweep", "sweep_options", "tasks",
            "time_limit_seconds", "wait"]  # fmt: skip

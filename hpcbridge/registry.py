@@ -28,6 +28,7 @@ from .registry_queries import (
     ENDED_ATTEMPT_STATES,
     marks,
     project_counts,
+    project_requests,
     project_usage,
     task_filter,
 )
@@ -201,32 +202,13 @@ class Registry:
     def _insert(self, c: sqlite3.Connection, task: Task, source: str, detail: str) -> None:
         c.execute(
             f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({marks(TASK_COLUMN_COUNT)})",
-            (
-                task.id,
-                task.spec.name,
-                task.spec.cluster,
-                task.state.value,
-                json.dumps(task.spec.to_dict()),
-                json.dumps(dict(task.metadata)),
-                task.created_at,
-                task.updated_at,
-                task.submitted_at,
-                task.started_at,
-                task.ended_at,
-                task.fetched_at,
-                task.attempt_count,
-                task.exit_code,
-                task.reason,
-                task.next_attempt_at,
-                task.work_dir,
-                task.output_dir,
-                json.dumps(list(task.excluded_nodes)),
-                int(task.cancel_requested),
-                task.lease,
-                task.lease_lost_at,
-                task.project,
-            ),
-        )
+            (task.id, task.spec.name, task.spec.cluster, task.state.value, json.dumps(task.spec.to_dict()),
+             json.dumps(dict(task.metadata)), task.created_at, task.updated_at, task.submitted_at,
+             task.started_at, task.ended_at, task.fetched_at, task.attempt_count, task.exit_code,
+             task.reason, task.next_attempt_at, task.work_dir, task.output_dir,
+             json.dumps(list(task.excluded_nodes)), int(task.cancel_requested), task.lease,
+             task.lease_lost_at, task.project),
+        )  # fmt: skip
         c.executemany("INSERT INTO task_meta (task_id, key, value) VALUES (?, ?, ?)",
                       [(task.id, k, v) for k, v in task.metadata.items()])  # fmt: skip
         self._event(c, task.id, "state", source, None, task.state.value, None, detail)
@@ -266,27 +248,33 @@ class Registry:
             )
         return str(rows[0][0])
 
-    def list_tasks(
-        self,
-        *,
-        states: Iterable[TaskState] | None = None,
-        cluster: str | None = None,
-        limit: int | None = None,
-        newest_first: bool = True,
-        project: str | None = None,
-        metadata: Mapping[str, str | None] | None = None,
-    ) -> list[Task]:
+    def list_tasks(self, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+                   limit: int | None = None, newest_first: bool = True, project: str | None = None,
+                   metadata: Mapping[str, str | None] | None = None) -> list[Task]:  # fmt: skip
         """Tasks by id (creation order), filtered: ``metadata`` maps a key to its exact
         value, or to None for "has the key" (matched through the indexed ``task_meta``)."""
+        rows = self._select(TASK_COLUMNS, states, cluster, limit, newest_first, project, metadata)
+        return [row_to_task(r) for r in rows]
+
+    def task_ids(self, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+                 limit: int | None = None, newest_first: bool = True, project: str | None = None,
+                 metadata: Mapping[str, str | None] | None = None) -> list[str]:  # fmt: skip
+        """The ids ``list_tasks`` would return, without building records (milliseconds at
+        100k tasks, where building 10,000 records takes most of a second)."""
+        return [r[0] for r in self._select("id", states, cluster, limit, newest_first, project, metadata)]
+
+    def _select(self, cols: str, states: Iterable[TaskState] | None, cluster: str | None,
+                limit: int | None, newest_first: bool, project: str | None,
+                metadata: Mapping[str, str | None] | None) -> list[sqlite3.Row]:  # fmt: skip
         found = task_filter(states=states, cluster=cluster, project=project, metadata=metadata)
         if found is None:
             return []
         where, params = found
-        sql = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY id " + ("DESC" if newest_first else "ASC")
+        sql = f"SELECT {cols} FROM tasks{where} ORDER BY id " + ("DESC" if newest_first else "ASC")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [row_to_task(r) for r in self.conn.execute(sql, params)]
+        return self.conn.execute(sql, params).fetchall()
 
     def clusters_with_active_tasks(self, active: Iterable[TaskState]) -> list[str]:
         values = [s.value for s in active]
@@ -496,6 +484,10 @@ class Registry:
         """``(project, cluster, core_hours, attempts with usage, ended attempts without)``."""
         return [(p, c, float(h or 0.0), int(w or 0), int(m or 0))
                 for p, c, h, w, m in self.conn.execute(*project_usage(project))]  # fmt: skip
+
+    def project_requests(self, states: Iterable[TaskState], project: str | None = None) -> list[tuple[Any, ...]]:
+        """``(project, cluster, cpus, time, tasks)`` of the tasks in ``states``, grouped."""
+        return [tuple(r) for r in self.conn.execute(*project_requests(states, project))]
 
     # -- events ---------------------------------------------------------------------------
     def add_event(

@@ -7,6 +7,8 @@ stays about transactions and compare-and-set writes.
   Metadata is matched through the ``task_meta`` table (one row per key, indexed on
   ``(key, value, task_id)``), never by parsing each task's JSON.
 * ``PROJECT_COUNTS``: tasks per project and state, from the ``(project, state)`` index.
+* ``project_requests``: per project, cluster and request (CPUs, time limit), how many tasks
+  in the given states asked for it (what committed core-hours are computed from).
 * ``project_usage``: per project and cluster, the core-hours recorded in the usage of ended
   attempts, how many ended attempts have it, and how many ended with a job but without it.
 """
@@ -73,14 +75,14 @@ def project_counts(project: str | None = None) -> tuple[str, list[Any]]:
 
 def project_usage(project: str | None = None) -> tuple[str, list[Any]]:
     """Rows ``(project, cluster, core_hours, with_usage, without_usage)``: the core-hours in
-    the recorded usage of attempts (recorded once a job ended), how many attempts have a
-    figure, and how many ended with a job but have no usage recorded (yet)."""
+    the recorded usage of attempts (recorded once a job ended), how many attempts have their
+    usage recorded, and how many ended with a job but have none (yet)."""
     ended = marks(len(ENDED_ATTEMPT_STATES))
     sql = (
-        "SELECT t.project, t.cluster, SUM(json_extract(a.usage, '$.core_hours')),"
-        " SUM(json_extract(a.usage, '$.core_hours') IS NOT NULL),"
-        " SUM(a.usage IS NULL AND a.job_id IS NOT NULL)"
-        " FROM attempts a JOIN tasks t ON t.id = a.task_id"
+        "SELECT t.project, t.cluster,"
+        " SUM(CASE WHEN a.usage IS NOT NULL THEN json_extract(a.usage, '$.core_hours') END),"
+        " SUM(a.usage IS NOT NULL), SUM(a.usage IS NULL AND a.job_id IS NOT NULL)"
+        " FROM tasks t JOIN attempts a ON a.task_id = t.id"
         f" WHERE (a.usage IS NOT NULL OR a.state IN ({ended})) AND "
     )
     params: list[Any] = list(ENDED_ATTEMPT_STATES)
@@ -92,5 +94,24 @@ def project_usage(project: str | None = None) -> tuple[str, list[Any]]:
     return sql + " GROUP BY t.project, t.cluster", params
 
 
-__all__ = ["ENDED_ATTEMPT_STATES", "PROJECT_COUNTS", "marks", "project_counts", "project_usage",
-           "task_filter"]  # fmt: skip
+def project_requests(states: Iterable[TaskState], project: str | None = None) -> tuple[str, list[Any]]:
+    """Rows ``(project, cluster, cpus, time, tasks)``: what the tasks in ``states`` asked for,
+    grouped (a sweep's tasks share one request, so this is a handful of rows), read from
+    the spec JSON of those tasks only."""
+    values = [s.value for s in states]
+    sql = ("SELECT project, cluster, json_extract(spec, '$.resources.cpus'),"
+           " json_extract(spec, '$.resources.time'), COUNT(*) FROM tasks"
+           f" WHERE state IN ({marks(len(values))}) AND ")  # fmt: skip
+    params: list[Any] = list(values)
+    if project is None:
+        # `+project`: keep the planner on the state index (the few in-flight tasks), not a
+        # walk of every task with a project (measured at 100k tasks: 0.04 s instead of 0.3 s).
+        sql += "+project IS NOT NULL"
+    else:
+        sql += "project = ?"
+        params.append(project)
+    return sql + " GROUP BY 1, 2, 3, 4", params
+
+
+__all__ = ["ENDED_ATTEMPT_STATES", "PROJECT_COUNTS", "marks", "project_counts", "project_requests",
+           "project_usage", "task_filter"]  # fmt: skip

@@ -142,7 +142,9 @@ def m006_projects_metadata(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE tasks SET project = json_extract(spec, '$.project')"
                " WHERE project IS NULL AND json_extract(spec, '$.project') IS NOT NULL")  # fmt: skip
     db.execute("CREATE INDEX IF NOT EXISTS idx_tasks_project_state ON tasks (project, state)")
-    db.execute("CREATE INDEX IF NOT EXISTS idx_tasks_project_id ON tasks (project, id)")
+    # (project, id) orders a project's tasks; cluster rides along so the core-hours sum
+    # (attempts joined to their task's project and cluster) reads no task rows.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_tasks_project_id_cluster ON tasks (project, id, cluster)")
     db.execute(
         "CREATE TABLE IF NOT EXISTS task_meta (task_id TEXT NOT NULL REFERENCES tasks(id),"
         " key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (task_id, key)) WITHOUT ROWID"
