@@ -512,8 +512,9 @@ def _summary_lines(s: proj.ProjectSummary) -> list[str]:
     lines = [f"project   {s.name}", f"tasks     {s.tasks}: {_states_text(s.counts)}", f"usage     {used}",
              f"          {committed}"]  # fmt: skip
     if s.cost_used or s.cost_committed:
-        lines.append(f"cost      ~{_money(s.cost_used, s.unpriced)} used, "
-                     f"~{_money(s.cost_committed, s.unpriced)} committed (estimate)")  # fmt: skip
+        parts = [f"~{_money(cost, s.unpriced)} {what}" for cost, what in
+                 ((s.cost_used, "used"), (s.cost_committed, "committed")) if cost]  # fmt: skip
+        lines.append(f"cost      {', '.join(parts)} (estimate)")
     return lines
 
 
