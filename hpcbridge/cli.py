@@ -708,6 +708,8 @@ def config_cmd(ctx: click.Context) -> None:
     click.echo(f"config file: {cfg.path or '(none; built-in local cluster)'}")
     click.echo(f"registry:    {svc.registry.path}")
     click.echo(f"default:     {cfg.default_cluster}")
+    if cfg.default_project:
+        click.echo(f"project:     {cfg.default_project} (default project)")
     for name, c in sorted(cfg.clusters.items()):
         where = f"{c.user + '@' if c.user else ''}{c.host}:{c.port or 22}" if c.transport == "ssh" else "this machine"
         click.echo(f"cluster {name}: backend={c.backend} transport={c.transport} ({where}) work_dir={c.work_dir}")
