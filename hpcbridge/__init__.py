@@ -41,6 +41,8 @@ from .errors import (
     ParseError,
     RegistryBusy,
     RegistryError,
+    RemoteFileError,
+    RemoteFileNotFound,
     SchedulerError,
     SchedulerUnavailable,
     TaskNotFound,
@@ -50,7 +52,6 @@ from .errors import (
 )
 from .lifecycle import RetryPolicy, TaskState
 from .options import SubmitOptions
-from .transport import RemoteFileError, RemoteFileNotFound
 
 __version__ = "0.1.0"
 

@@ -23,15 +23,17 @@ task's state. The tree (``*`` = transient)::
     ├── CommandFailed               a command ran and exited non-zero
     │   └── SchedulerError          the scheduler rejected a request
     ├── ParseError                  scheduler output that could not be understood
-    └── BackendError                any other backend failure
+    ├── BackendError                any other backend failure
+    └── RemoteFileError             a file operation on the cluster failed (also an OSError)
+        └── RemoteFileNotFound      ... no such file (also a FileNotFoundError)
 
 ``RemoteFileError`` (and its ``RemoteFileNotFound``), raised by the transports' file
-operations, is both an ``HpcBridgeError`` and an ``OSError``; it lives in
-``hpcbridge.transport``.
+operations, is both an ``HpcBridgeError`` and an ``OSError`` (``FileNotFoundError``).
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 
@@ -169,3 +171,24 @@ class ParseError(HpcBridgeError):
 
 class BackendError(HpcBridgeError):
     """A backend operation failed for a reason that is not a transport or command failure."""
+
+
+class RemoteFileError(HpcBridgeError, OSError):
+    """A file operation on the (remote) host failed: permission denied, not a directory, ...
+
+    Also an ``OSError`` so code written against pathlib keeps working.
+    """
+
+    def __init__(self, message: str, *, path: str, err: int | None = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.errno = err
+        self.filename = path
+
+
+class RemoteFileNotFound(RemoteFileError, FileNotFoundError):
+    """The (remote) file or directory does not exist. Catch as ``FileNotFoundError`` too."""
+
+    def __init__(self, path: str, *, where: str, hint: str | None = None) -> None:
+        super().__init__(f"{where}: no such file or directory: {path}", path=path,
+                         err=errno.ENOENT, hint=hint)

@@ -18,8 +18,10 @@ from .. import slurm
 from ..config import ClusterConfig
 from ..slurm.queue import explain_reason, parse_pending, pending_positions, pending_queue_argv
 from ..slurm.usage import parse_sstat, parse_usage, sacct_usage_argv, sstat_argv, sstat_not_running
-from ..transport import Transport
 from .base import PollRequest
+
+if TYPE_CHECKING:  # importing the transports pulls in paramiko: not for every CLI start
+    from ..transport import Transport
 
 log = logging.getLogger(__name__)
 

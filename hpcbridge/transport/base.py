@@ -6,7 +6,6 @@ and the SSH transport turns them into the one string sshd hands to ``$SHELL -c``
 
 from __future__ import annotations
 
-import errno
 import posixpath
 import shlex
 import threading
@@ -15,29 +14,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import HpcBridgeError, UsageError
+# The file errors live in the one error tree; re-exported here, where they are raised.
+from ..errors import RemoteFileError as RemoteFileError
+from ..errors import RemoteFileNotFound as RemoteFileNotFound
+from ..errors import UsageError
 from ..models import CommandResult
-
-
-class RemoteFileError(HpcBridgeError, OSError):
-    """A file operation on the (remote) host failed: permission denied, not a directory, ...
-
-    Also an ``OSError`` so code written against pathlib keeps working.
-    """
-
-    def __init__(self, message: str, *, path: str, err: int | None = None, hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.path = path
-        self.errno = err
-        self.filename = path
-
-
-class RemoteFileNotFound(RemoteFileError, FileNotFoundError):
-    """The (remote) file or directory does not exist. Catch as ``FileNotFoundError`` too."""
-
-    def __init__(self, path: str, *, where: str, hint: str | None = None) -> None:
-        super().__init__(f"{where}: no such file or directory: {path}", path=path,
-                         err=errno.ENOENT, hint=hint)
 
 
 @dataclass
