@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("service",),
     ("projects",),
     ("api", "daemon", "testing"),
+    ("cli_common",),
+    ("cli_tasks", "cli_projects"),
     ("cli", "__init__"),
     ("__main__",),
 ]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import hpcbridge.cli as cli_module
+import hpcbridge.cli_common as cli_module  # where the CLI opens its Service
 from hpcbridge.backends.local import LocalBackend
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.backends.slurm_files import FIND_FORMAT, READ_SCRIPT, find_argv, parse_find_listing
