@@ -91,6 +91,13 @@ class ClusterConfig:
     # into a cost with it), in `currency` (any label, e.g. "EUR", "credits").
     price_per_core_hour: float | None = None
     currency: str = ""
+    # Job arrays: tasks with the same resource request submitted together go out as arrays
+    # of at most max_array_size elements (None: the cluster's MaxArraySize, read once).
+    arrays: bool = True
+    max_array_size: int | None = None
+    # Jobs of this user the cluster accepts at once (MaxSubmitJobs of the association or
+    # QOS); hpcbridge keeps tasks over it waiting, visibly, instead of letting sbatch fail.
+    max_submit_jobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,9 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "warn_memory_peak_above": (int, float),
     "price_per_core_hour": (int, float),
     "currency": str,
+    "arrays": bool,
+    "max_array_size": int,
+    "max_submit_jobs": int,
     "retry": dict,
 }
 _RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -273,7 +283,7 @@ def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
         except ConfigError as exc:
             raise ConfigError(f"{prefix}.retry: {exc.message}", hint=exc.hint) from None
     for key in ("connect_timeout", "command_timeout", "commands_per_minute", "cycle_timeout",
-                "submit_parallelism"):
+                "submit_parallelism", "max_array_size", "max_submit_jobs"):
         if key in kwargs and kwargs[key] <= 0:
             raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
     if kwargs.get("price_per_core_hour", 0) < 0:

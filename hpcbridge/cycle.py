@@ -34,7 +34,7 @@ from .reconcile import (
     submitter_gone_for,
 )
 from .runtime import Runtime
-from .submission import start_attempts
+from .submission import gate_dependencies, start_attempts
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -170,6 +170,7 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
     now = time.time()
     due = [t for t in reg.list_tasks(states=[S.CREATED, S.STAGING, *WAITING], cluster=cluster,
                                      newest_first=False) if _is_due(rt, t, now)]  # fmt: skip
+    due = gate_dependencies(rt, due)
     if due:
         with Lease(rt.lease_dir) as lease:
             start_attempts(rt, cluster, due, lease)

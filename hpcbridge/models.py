@@ -111,6 +111,9 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     require_outputs: bool = False  # a success whose outputs matched nothing is a failure
     project: str | None = None  # the project it counts towards (projects list/show/wait/kill)
+    array: bool = True  # may share a Slurm job array with tasks asking for the same resources
+    max_running: int | None = None  # at most this many of its array run at once (%K)
+    after: tuple[str, ...] = ()  # dependencies "TASKID:ok|any|notok": start only once met
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.script):
@@ -147,6 +150,9 @@ class TaskSpec:
             "retry": self.retry.to_dict(),
             "require_outputs": self.require_outputs,
             "project": self.project,
+            "array": self.array,
+            "max_running": self.max_running,
+            "after": list(self.after),
         }
 
     @classmethod
@@ -163,6 +169,9 @@ class TaskSpec:
             retry=RetryPolicy.from_dict(data.get("retry") or {}, strict=False),
             require_outputs=bool(data.get("require_outputs", False)),
             project=data.get("project"),
+            array=bool(data.get("array", True)),
+            max_running=data.get("max_running"),
+            after=tuple(data.get("after") or ()),
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ClusterConfig, check_project_name
+from .deps import format_after, parse_after
 from .errors import ConfigError, UsageError
 from .lifecycle import RETRYABLE_NAMES, parse_retry_on
 from .models import Resources, TaskSpec
@@ -70,6 +71,9 @@ class SubmitOptions:
     requeue: bool | None = _opt(BOOL, "Let Slurm requeue the job itself.")
     exclude_failed_nodes: bool | None = _opt(BOOL, "Exclude a failed node from the next attempt.")
     require_outputs: bool | None = _opt(BOOL, "Fail the task when an output pattern matches no file.")
+    array: bool | None = _opt(BOOL, "Let tasks asking for the same resources share a Slurm job array (default: yes).")
+    max_running: int | None = _opt(INT, "At most this many tasks of the submission's array(s) run at once.")
+    after: tuple[str, ...] = _opt(STR_LIST, "Start only after task ID ended: ID[:ok|any|notok] (repeatable; ok by default).")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "") -> SubmitOptions:
@@ -168,6 +172,9 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
         raise UsageError(exc.message, hint=exc.hint) from None
     if opts.cpus is not None and opts.cpus < 1:
         raise UsageError(f"cpus must be >= 1, got {opts.cpus}")
+    if opts.max_running is not None and opts.max_running < 1:
+        raise UsageError(f"max_running must be >= 1, got {opts.max_running}")
+    after = tuple(format_after(*parse_after(a)) for a in opts.after)
     # Refused here, before anything is registered: options that would override what
     # hpcbridge relies on (--comment, --output, ...), and signal specs the wrapper can't honour.
     # (--exclude values are kept in the options; the renderer merges them.)
@@ -190,7 +197,8 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
         cluster=cfg.name, inputs=tuple(inputs), outputs=tuple(opts.outputs), env=dict(opts.env),
         resources=resources, retry=policy,
         require_outputs=cfg.require_outputs if opts.require_outputs is None else opts.require_outputs,
-        project=project,
+        project=project, array=cfg.arrays if opts.array is None else opts.array,
+        max_running=opts.max_running, after=after,
     )  # fmt: skip
     return spec, dict(opts.metadata)
 

@@ -8,6 +8,7 @@ cluster). It validates what users give it (``SubmitOptions``) and assembles what
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from .backends.base import Backend, PollRequest
 from .backends.slurm_monitor import MonitoringBackend
 from .config import ClusterConfig, Config
 from .cycle import SyncReport, sync_all, sync_cluster
+from .deps import format_after, parse_after
 from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
 from .lifecycle import ACTIVE, IN_FLIGHT, WAITING, TaskState
 from .models import Attempt, Event, Task
@@ -118,7 +120,21 @@ class Service:
         opts = [s if isinstance(s, SubmitOptions) else
                 SubmitOptions.from_mapping(s, where=f"{where} {i + 1}" if len(specs) > 1 else "")
                 for i, s in enumerate(specs)]  # fmt: skip
-        return submit_many(self.runtime, opts)
+        return submit_many(self.runtime, [self._resolve_after(o) for o in opts])
+
+    def _resolve_after(self, opts: SubmitOptions) -> SubmitOptions:
+        """Parents named by prefix or ``last`` become full ids; an unknown parent is an error
+        before anything is registered."""
+        if not opts.after:
+            return opts
+        full = []
+        for item in opts.after:
+            tid, cond = parse_after(item)
+            try:
+                full.append(format_after(self.resolve(tid), cond))
+            except TaskNotFound as exc:
+                raise UsageError(f"--after {item}: {exc.message}", hint=exc.hint) from None
+        return dataclasses.replace(opts, after=tuple(full))
 
     # -- queries ---------------------------------------------------------------------------
     def resolve(self, task_id: str) -> str:

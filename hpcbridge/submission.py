@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .backends.base import PollRequest, SubmitOutcome, SubmitRequest
-from .errors import ConflictError, RegistryError, TransportError
+from .deps import decide, parse_after
+from .errors import ConflictError, RegistryError, TaskNotFound, TransportError
 from .leases import Lease
 from .lifecycle import WAITING, TaskState
 from .models import Attempt, Task, new_task_id, new_token
@@ -46,7 +47,7 @@ def submit_many(rt: Runtime, options: Sequence[SubmitOptions]) -> list[Task]:
     with Lease(rt.lease_dir) as lease:
         tasks = _register(rt, built, lease.id)
         by_cluster: dict[str, list[Task]] = {}
-        for task in tasks:
+        for task in gate_dependencies(rt, tasks, announce=True):
             by_cluster.setdefault(task.cluster, []).append(task)
         permanent: TransportError | None = None
         for cluster, group in by_cluster.items():
@@ -69,6 +70,41 @@ def submit_many(rt: Runtime, options: Sequence[SubmitOptions]) -> list[Task]:
     if permanent is not None:
         raise permanent
     return [rt.registry.get_task(t.id) for t in tasks]
+
+
+def gate_dependencies(rt: Runtime, tasks: Sequence[Task], *, announce: bool = False) -> list[Task]:
+    """The tasks whose dependencies (``after``) allow them to start now. A task whose
+    condition can no longer be met is cancelled with the reason; one still waiting stays
+    ``created`` (``announce``: with an event saying for what)."""
+    states: dict[str, TaskState | None] = {}
+
+    def state_of(tid: str) -> TaskState | None:
+        if tid not in states:
+            try:
+                states[tid] = rt.registry.get_task(tid).state
+            except TaskNotFound:
+                states[tid] = None
+        return states[tid]
+
+    ready = []
+    for t in tasks:
+        if not t.spec.after:
+            ready.append(t)
+            continue
+        parents = [parse_after(a)[0] for a in t.spec.after]
+        decision = decide(t.spec.after, {p: state_of(p) for p in parents})
+        if decision.ready:
+            ready.append(t)
+        elif decision.never:
+            reason = f"dependency can never be met: {decision.reason}"
+            rt.try_transition(t.id, t.state, S.CANCELLED, reason,
+                              fields={"reason": reason, "ended_at": time.time()})  # fmt: skip
+        elif announce:
+            # Handed over to the sync (next_attempt_at): it starts the task once it may.
+            with rt.registry.transaction():
+                rt.registry.update_task(t.id, {"next_attempt_at": time.time()})
+                rt.registry.add_event(t.id, "info", decision.reason, source=rt.source)
+    return ready
 
 
 def _register(rt: Runtime, built: Sequence[tuple[Any, dict[str, str]]], lease: str) -> list[Task]:
@@ -94,6 +130,7 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     Raises TransportError when the cluster cannot be reached before anything was submitted;
     staged-but-unsubmitted tasks are handed back (``created``, due at once) for the sync.
     """
+    tasks = _within_submit_limit(rt, cluster, tasks)
     if not tasks:
         return
     backend = rt.backend(cluster)
@@ -136,6 +173,29 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     if stray:
         rt.charge(cluster, 1)
         backend.cancel(stray)
+
+
+# Tasks whose job counts against the cluster's MaxSubmitJobs (an array element counts as one).
+HOLDS_JOB = (S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED)
+
+
+def _within_submit_limit(rt: Runtime, cluster: str, tasks: Sequence[Task]) -> list[Task]:
+    """As many of ``tasks`` as the cluster's ``max_submit_jobs`` has room for; the others
+    wait in hpcbridge (handed to the sync, one event the first time) and go out as jobs end.
+    sbatch would reject them outright (QOSMaxSubmitJobPerUserLimit), failing the task."""
+    limit = rt.cluster(cluster).max_submit_jobs
+    if limit is None:
+        return list(tasks)
+    busy = len(rt.registry.list_tasks(states=HOLDS_JOB, cluster=cluster))
+    free = max(0, limit - busy)
+    for t in tasks[free:]:
+        if t.state == S.CREATED and t.next_attempt_at is None:
+            with rt.registry.transaction():
+                rt.registry.update_task(t.id, {"next_attempt_at": time.time()})
+                rt.registry.add_event(
+                    t.id, "info", f"waiting for a submit slot: {busy} of the cluster's "
+                    f"max_submit_jobs = {limit} in use", source=rt.source)  # fmt: skip
+    return list(tasks[:free])
 
 
 def _claim_for_staging(rt: Runtime, t: Task, held: Mapping[str, Any]) -> bool:

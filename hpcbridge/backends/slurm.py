@@ -25,7 +25,7 @@ from ..errors import (
     TransportError,
 )
 from ..lifecycle import TaskState
-from ..models import JobInfo, Task
+from ..models import JobInfo, Task, new_token
 from ..paths import input_name, log_name, match_outputs
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
@@ -53,6 +53,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         self._tz: dt.tzinfo | None = None
         self._tz_read_at = 0.0  # time.monotonic() of the last read
         self._accounting = True
+        self._max_array: int | None = None
         self.commands = 0  # scheduler commands issued (sbatch counted once per batch script)
 
     # -- paths --------------------------------------------------------------------------
@@ -125,12 +126,54 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
             requeue=task.spec.retry.slurm_requeue,
         )
 
-    def submit_script(self, reqs: Sequence[tuple[SubmitRequest, str]]) -> str:
+    def submit_script(self, reqs: Sequence[tuple[SubmitRequest, str]],
+                      arrays: Sequence[slurm.ArrayJob] = ()) -> str:  # fmt: skip
         """The bulk submission script for rendered requests (see ``slurm.render_submit_script``)."""
         jobs = [slurm.BulkJob(r.token, slurm.marker_dir(self.work_dir(r.task), r.attempt), text)
                 for r, text in reqs]  # fmt: skip
         return slurm.render_submit_script(jobs, sbatch=slurm.sbatch_argv(bin_dir=self._bin()),
-                                          lanes=self.cluster.submit_parallelism)  # fmt: skip
+                                          lanes=self.cluster.submit_parallelism, arrays=arrays)  # fmt: skip
+
+    def max_array_size(self) -> int:
+        """The cluster's MaxArraySize (config ``max_array_size`` first), read once."""
+        if self.cluster.max_array_size is not None:
+            return self.cluster.max_array_size
+        if self._max_array is None:
+            self.commands += 1
+            res = self.transport.run(slurm.scrub_env([slurm.command_path("scontrol", self._bin()),
+                                                      "show", "config"]),
+                                     timeout=self.cluster.command_timeout, what="scontrol show config")  # fmt: skip
+            found = slurm.max_array_size(res.stdout) if res.ok else None
+            if found is None:
+                log.warning("cluster %s: could not read MaxArraySize; assuming Slurm's default %d",
+                            self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip
+            self._max_array = found or slurm.DEFAULT_MAX_ARRAY_SIZE
+        return self._max_array
+
+    def _plan(self, rendered: Sequence[tuple[SubmitRequest, str]]) -> tuple[
+            list[tuple[SubmitRequest, str]], list[tuple[slurm.ArrayJob, list[SubmitRequest]]]]:  # fmt: skip
+        """Which requests go out as arrays (same resource request, arrays allowed) and which
+        alone. Arrays are only worth asking MaxArraySize for when two requests could share one."""
+        keys: list[tuple[object, ...] | None] = []
+        for req, text in rendered:
+            spec = req.task.spec
+            keys.append((spec.max_running, *slurm.array_key(text))
+                        if self.cluster.arrays and spec.array else None)  # fmt: skip
+        candidates = [k for k in keys if k is not None]
+        if len(set(candidates)) == len(candidates):  # no two requests could share an array
+            return list(rendered), []
+        groups, singles = slurm.plan_arrays(keys, self.max_array_size())
+        arrays = []
+        for positions in groups:
+            token = new_token()
+            members = tuple(slurm.ArrayMember(rendered[i][0].token, self.work_dir(rendered[i][0].task),
+                                              rendered[i][0].attempt, rendered[i][1]) for i in positions)  # fmt: skip
+            first = rendered[positions[0]][0].task.spec
+            job = slurm.ArrayJob(token=token, dir=posixpath.join(self.base_dir(), ".hpcbridge", "arrays", token),
+                                 header=slurm.array_key(rendered[positions[0]][1]), members=members,
+                                 max_running=first.max_running)  # fmt: skip
+            arrays.append((job, [rendered[i][0] for i in positions]))
+        return [rendered[i] for i in singles], arrays
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
         outcomes: dict[str, SubmitOutcome] = {}
@@ -140,23 +183,38 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
                 rendered.append((req, self.render(req)))
             except HpcBridgeError as exc:  # bad option values: this task alone is rejected
                 outcomes[req.token] = SubmitOutcome(req.token, error=exc)
-        for i in range(0, len(rendered), SUBMIT_CHUNK):
-            chunk = rendered[i : i + SUBMIT_CHUNK]
+        singles, arrays = self._plan(rendered)
+        # Remote scripts of at most SUBMIT_CHUNK tasks each; an array is never split.
+        Chunk = tuple[list[tuple[SubmitRequest, str]], list[tuple[slurm.ArrayJob, list[SubmitRequest]]]]
+        chunks: list[Chunk] = [(singles[i : i + SUBMIT_CHUNK], [])
+                               for i in range(0, len(singles), SUBMIT_CHUNK)]  # fmt: skip
+        for arr in arrays:
+            if chunks and _chunk_size(chunks[-1]) + len(arr[1]) <= SUBMIT_CHUNK:
+                chunks[-1][1].append(arr)
+            else:
+                chunks.append(([], [arr]))
+        for jobs, arrs in chunks:
+            reqs = [r for r, _ in jobs] + [r for _, members in arrs for r in members]
+            index = {r.token: i for _, members in arrs for i, r in enumerate(members)}
             try:
                 self.commands += 1
-                res = self.transport.run_script(self.submit_script(chunk),
-                                                timeout=self.cluster.command_timeout + len(chunk),
+                res = self.transport.run_script(self.submit_script(jobs, [a for a, _ in arrs]),
+                                                timeout=self.cluster.command_timeout + len(reqs),
                                                 what="submitting jobs")  # fmt: skip
             except TransportError as exc:
                 # The script may have run in part: every job of the chunk is "unknown".
-                for req, _ in chunk:
+                for req in reqs:
                     outcomes[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
                 continue
-            outcomes.update(self._parse_submit(res.stdout, res.stderr, [r for r, _ in chunk]))
+            outcomes.update(self._parse_submit(res.stdout, res.stderr, reqs, index))
         return [outcomes[r.token] for r in requests]
 
-    def _parse_submit(self, stdout: str, stderr: str, reqs: Sequence[SubmitRequest]) -> dict[str, SubmitOutcome]:
+    def _parse_submit(self, stdout: str, stderr: str, reqs: Sequence[SubmitRequest],
+                      index: dict[str, int] | None = None) -> dict[str, SubmitOutcome]:  # fmt: skip
+        """Outcomes per token; ``index`` gives an array element's index (its job id is the
+        array's id with ``_<index>``)."""
         report = slurm.parse_submit_report(stdout)
+        index = index or {}
         out: dict[str, SubmitOutcome] = {}
         argv = slurm.sbatch_argv(bin_dir=self._bin())
         for req in reqs:
@@ -168,7 +226,10 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
             rc, text = report.status[req.token]
             if rc == 0:
                 try:
-                    out[req.token] = SubmitOutcome(req.token, job_id=slurm.parse_sbatch(text))
+                    job_id = slurm.parse_sbatch(text)
+                    if req.token in index:
+                        job_id = f"{job_id}_{index[req.token]}"
+                    out[req.token] = SubmitOutcome(req.token, job_id=job_id)
                 except HpcBridgeError as exc:
                     out[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
                 continue
@@ -290,7 +351,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         for req in requests:
             got = marks.get(req.token, {})
             marked = got.get("job_id", "")
-            job_id = req.job_id or (marked if marked.isdigit() else None)
+            job_id = req.job_id or (marked if _JOB_ID.fullmatch(marked) else None)
+            if job_id is None and (element := _array_element(got.get("array", ""), merged)):
+                job_id = element  # sbatch's reply and the job_id markers were lost
             if job_id is None:
                 if got.get("submitting") == "1":
                     # Its submission script still runs (inside a slow sbatch): not absent.
@@ -347,6 +410,25 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
 
     def close(self) -> None:
         self.transport.close()
+
+
+def _chunk_size(chunk: tuple[Sequence[object], Sequence[tuple[object, Sequence[object]]]]) -> int:
+    return len(chunk[0]) + sum(len(members) for _, members in chunk[1])
+
+
+_JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+def _array_element(marker: str, rows: dict[str, JobInfo]) -> str | None:
+    """The job id of the element an ``array`` marker (``<array token> <index>``) names, among
+    the rows squeue and sacct printed: the element of the array with that comment token."""
+    token, _, index = marker.partition(" ")
+    if not token or not index.isdigit():
+        return None
+    for job_id, row in rows.items():
+        if job_id.endswith(f"_{index}") and slurm.token_from_comment(row.comment) == token:
+            return job_id
+    return None
 
 
 def _is_ours(row: JobInfo) -> bool:

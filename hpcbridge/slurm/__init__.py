@@ -16,6 +16,16 @@ What runs these commands, over which transport, is ``hpcbridge.backends.slurm``.
 
 from __future__ import annotations
 
+from .array import (
+    DEFAULT_MAX_ARRAY_SIZE,
+    ArrayJob,
+    ArrayMember,
+    array_key,
+    array_name,
+    max_array_size,
+    plan_arrays,
+    render_array_script,
+)
 from .bulk import (
     MARKER_FILES,
     BulkJob,
@@ -99,6 +109,14 @@ __all__ = [
     "SCHEDULER_ENV_PREFIXES",
     "SQUEUE_FIELDS",
     "STATE_TABLE",
+    "DEFAULT_MAX_ARRAY_SIZE",
+    "ArrayJob",
+    "ArrayMember",
+    "array_key",
+    "array_name",
+    "max_array_size",
+    "plan_arrays",
+    "render_array_script",
     "BadRow",
     "BulkJob",
     "SubmitReport",

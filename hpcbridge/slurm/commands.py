@@ -215,6 +215,9 @@ def squeue_argv(
         command_path("squeue", bin_dir),
         "--noheader",
         "--states=all",
+        # One row per array element, pending ones included; without it pending elements
+        # are folded into one row named 123_[4-9%2], which names no element.
+        "--array",
         "--Format=" + ",".join(f"{f}:|" for f in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:",
     ]
     if job_ids is not None:

@@ -60,7 +60,7 @@ JOB = {
 
 def cluster(**extra: object) -> ClusterConfig:
     table = {"backend": "slurm", "transport": "ssh", "host": "login.example", "work_dir": WORK,
-             "submit_parallelism": 2, **extra}  # fmt: skip
+             "submit_parallelism": 2, "arrays": False, **extra}  # fmt: skip
     return parse_config({"clusters": {"lab": table}}).cluster("lab")
 
 

@@ -37,9 +37,10 @@ def colleague_sacct(name: str) -> str:
 
 def test_squeue_argv_default_is_one_query_for_my_jobs():
     argv = slurm.squeue_argv()
-    assert argv[:3] == ["squeue", "--noheader", "--states=all"]
-    assert argv[3].startswith("--Format=JobArrayID:|,JobID:|,State:|")
-    assert "RestartCnt:|" in argv[3] and argv[3].endswith(",Comment:")
+    # --array: one row per array element, pending ones too (never "123_[4-9]")
+    assert argv[:4] == ["squeue", "--noheader", "--states=all", "--array"]
+    assert argv[4].startswith("--Format=JobArrayID:|,JobID:|,State:|")
+    assert "RestartCnt:|" in argv[4] and argv[4].endswith(",Comment:")
     assert argv[-1] == "--me" and not any(a.startswith("--jobs") for a in argv)
 
 

@@ -26,7 +26,13 @@ __hpcb_mark() {
 rm -f "$__hpcb_dir/exit_code"
 __hpcb_mark started "$(date +%s)"
 __hpcb_mark node "${SLURMD_NODENAME:-$(hostname)}"
-__hpcb_mark job_id "${SLURM_JOB_ID:-}"
+# An array element is named <array job id>_<index> (what squeue -r, sacct and scancel
+# take); its SLURM_JOB_ID is an internal id of its own.
+if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    __hpcb_mark job_id "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+else
+    __hpcb_mark job_id "${SLURM_JOB_ID:-}"
+fi
 __hpcb_mark restarts "${SLURM_RESTART_COUNT:-0}"
 # Run the task in the background so this shell can take signals (--signal=B:...,
 # scancel --batch) and pass them on. Job control (set -m) keeps SIGINT deliverable:
