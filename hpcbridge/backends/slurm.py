@@ -25,7 +25,7 @@ from ..errors import (
     TransportError,
 )
 from ..lifecycle import TaskState
-from ..models import JobInfo, Task, new_token
+from ..models import JobInfo, Task
 from ..paths import input_name, log_name, match_outputs
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
@@ -165,7 +165,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         groups, singles = slurm.plan_arrays(keys, self.max_array_size())
         arrays = []
         for positions in groups:
-            token = new_token()
+            # Named after its first element's attempt token: the registry (and
+            # scripts/crash-trials) can tell whose array a job is from its comment alone.
+            token = "a-" + rendered[positions[0]][0].token
             members = tuple(slurm.ArrayMember(rendered[i][0].token, self.work_dir(rendered[i][0].task),
                                               rendered[i][0].attempt, rendered[i][1]) for i in positions)  # fmt: skip
             first = rendered[positions[0]][0].task.spec
