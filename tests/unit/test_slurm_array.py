@@ -13,7 +13,12 @@ from hpcbridge import slurm
 from hpcbridge.errors import UsageError
 from hpcbridge.models import Resources, TaskSpec
 from hpcbridge.slurm.array import ArrayJob, ArrayMember, array_key, plan_arrays, render_array_script
-from hpcbridge.slurm.bulk import parse_marker_report, parse_submit_report, render_marker_probe, render_submit_script
+from hpcbridge.slurm.bulk import (
+    parse_marker_report,
+    parse_submit_report,
+    render_marker_probe,
+    render_submit_script,
+)
 
 
 def job_script(tid: str, work: str, *, cpus: int = 1, attempt: int = 1, excl: tuple[str, ...] = ()) -> str:
