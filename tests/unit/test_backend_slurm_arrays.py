@@ -1,0 +1,72 @@
+"""SlurmBackend.submit packs tasks into job arrays (ReplayTransport: the backend's real code,
+scripted replies)."""
+
+from __future__ import annotations
+
+import re
+
+from hpcbridge.backends.slurm import SlurmBackend
+from hpcbridge.testing import ReplayCall, ReplayTransport, Reply
+
+from .test_backend_slurm_replay import cluster, report_line, submit_requests
+
+
+def answer_with_ids(first_id: int):
+    """A bulk-script reply: each array / single job gets the next job id."""
+    def reply(call: ReplayCall) -> Reply:
+        script = call.script or ""
+        out = []
+        next_id = first_id
+        for block in script.split("\n"):
+            tokens = re.findall(r"T=\(([^)]*)\)", block)
+            if tokens:
+                for tok in tokens[0].split():
+                    out.append(report_line(tok.strip("'"), 0, str(next_id)))
+                next_id += 1
+            elif m := re.search(r"printf 'HPCB %s %s %s\\n' '?(tok\w+)'?", block):
+                out.append(report_line(m[1], 0, str(next_id)))
+                next_id += 1
+        return Reply("".join(out))
+    return reply
+
+
+def test_same_request_tasks_become_arrays_split_at_max_array_size() -> None:
+    transport = (ReplayTransport()
+                 .on("scontrol show config", stdout="MaxJobCount = 10000\nMaxArraySize            = 3\n", times=1)
+                 .on_script(answer_with_ids(500), times=1))  # fmt: skip
+    reqs = submit_requests("a", "b", "c", "d", "e", cpus=2) + submit_requests("x", cpus=8)
+    backend = SlurmBackend(cluster(arrays=True), transport)
+    outcomes = {o.token: o for o in backend.submit(reqs)}
+    ids = [(outcomes[f"tok{t}"].job_id or "").split("_") for t in "abcde"]
+    assert [i for _, i in ids] == ["0", "1", "2", "0", "1"]  # element indexes, in order
+    assert ids[0][0] == ids[1][0] == ids[2][0] != ids[3][0] == ids[4][0]  # two arrays
+    assert (outcomes["tokx"].job_id or "").isdigit()  # a request of its own: a plain job
+    [script] = transport.scripts
+    assert script.count("--array=") == 2 and "0-2" in script and "0-1" in script
+    assert backend.commands == 2  # scontrol show config (once), one submission script
+    # MaxArraySize is read once per backend.
+    transport.on_script(answer_with_ids(600), times=1)
+    backend.submit(submit_requests("f", "g", cpus=2))
+    assert backend.commands == 3
+    transport.verify()
+
+
+def test_arrays_off_or_lone_tasks_never_ask_for_limits() -> None:
+    transport = ReplayTransport().on_script(answer_with_ids(700), times=2)
+    out = SlurmBackend(cluster(arrays=False), transport).submit(submit_requests("a", "b"))
+    assert [o.job_id for o in out] == ["700", "701"]
+    out = SlurmBackend(cluster(arrays=True), transport).submit(submit_requests("c", cpus=1) +
+                                                               submit_requests("d", cpus=2))
+    assert [o.job_id for o in out] == ["700", "701"]
+    assert "--array" not in "".join(transport.scripts)
+    transport.verify()  # no scontrol call was made
+
+
+def test_config_max_array_size_wins_over_the_cluster_and_elements_poll_by_their_id() -> None:
+    transport = ReplayTransport().on_script(answer_with_ids(42), times=1)
+    backend = SlurmBackend(cluster(arrays=True, max_array_size=10), transport)
+    out = backend.submit(submit_requests("a", "b"))
+    assert [o.job_id for o in out] == ["42_0", "42_1"]
+    [script] = transport.scripts
+    assert "hpcb:a-toka" in script  # the array is named after its first element's token
+    transport.verify()  # no scontrol: the config said how large an array may be

@@ -1,0 +1,41 @@
+"""max_submit_jobs: tasks over the cluster's limit wait in hpcbridge, visibly, and go out as
+slots free; they never fail for it (a Service on the FakeBackend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcbridge.lifecycle import TaskState
+from hpcbridge.testing import FakeBackend
+
+from .test_cycle import make_service
+
+S = TaskState
+
+
+def test_tasks_over_max_submit_jobs_wait_and_go_out_as_jobs_end(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    svc = make_service(tmp_path, fake, max_submit_jobs=3)
+    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(5)])
+    states = [t.state for t in tasks]
+    assert states.count(S.QUEUED) == 3 and states.count(S.CREATED) == 2, states
+    waiting = [t for t in tasks if t.state == S.CREATED]
+    for t in waiting:
+        assert any("waiting for a submit slot" in (e.detail or "") and "max_submit_jobs = 3" in (e.detail or "")
+                   for e in svc.events(t.id)), [e.detail for e in svc.events(t.id)]
+    svc.sync_cluster("lab")  # nothing ended: still no room
+    assert len(fake.submitted) == 3
+    fake.set_state(tasks[0].spec.name, 1, S.SUCCEEDED, exit_code=0)
+    svc.sync_cluster("lab")
+    svc.sync_cluster("lab")
+    assert len(fake.submitted) == 4  # one slot freed, one more went out
+    for name in ("t1", "t2", "t3"):
+        fake.set_state(name, 1, S.SUCCEEDED, exit_code=0)
+    for _ in range(4):
+        svc.sync_cluster("lab")
+    fake.set_state("t4", 1, S.SUCCEEDED, exit_code=0)
+    for _ in range(3):
+        svc.sync_cluster("lab")
+    assert [svc.get(t.id).state for t in tasks] == [S.SUCCEEDED] * 5
+    assert len(fake.submitted) == 5  # never more than one job per task
+    svc.close()
