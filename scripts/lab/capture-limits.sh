@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Capture what hpcbridge.slurm.limits parses (scontrol show config, sacctmgr assoc/qos,
+# sinfo partitions, sbatch --version), as the lab user, with the argv of the Python builders.
+# Writes tests/data/slurm/<version>/limits_*.txt (+ .stderr/.rc), see COMMANDS.md "Limits".
+#
+#   flock /tmp/hpcbridge-lab.lock scripts/lab/capture-limits.sh [OUTDIR]
+#
+# The "limited" scenario adds, for a few seconds, QOS hpcbcap (MaxSubmitJobsPerUser=25),
+# accounts hpcbcap (MaxSubmitJobs=40, inherited by the user's association) and hpcbcap2
+# with user associations of the lab user in both (hpcbcap2's own MaxSubmitJobs=7), and
+# removes them again (also on error). The user's default account (lab) is untouched.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+PY="$REPO/.venv/bin/python"
+VER="$(slurmd -V | awk '{print $2}')"
+OUT="$(realpath -m "${1:-$REPO/tests/data/slurm/$(echo "$VER" | cut -d. -f1,2)}")"
+LAB_USER=hpcblab
+mkdir -p "$OUT"
+"$REPO/scripts/slurm-lab" up >/dev/null
+CMDLOG="$OUT/limits_commands.log"
+: > "$CMDLOG"
+
+argv() {  # argv of a limits builder: argv NAME [ARG] -> array BUILT
+    mapfile -d '' -t BUILT < <("$PY" - "$@" <<'PYEOF'
+import sys
+from hpcbridge.slurm import limits
+fn = getattr(limits, sys.argv[1])
+print("\0".join(fn(*sys.argv[2:])), end="\0")
+PYEOF
+)
+}
+cap() {  # cap NAME CMD...: run as the lab user, keep stdout, stderr, exit status
+    local name="$1"; shift
+    runuser -u "$LAB_USER" -- "$@" >"$OUT/$name.txt" 2>"$OUT/$name.stderr"
+    echo $? >"$OUT/$name.rc"
+    printf '%s: %s\n' "$name" "$*" >>"$CMDLOG"
+    [ -s "$OUT/$name.stderr" ] || rm -f "$OUT/$name.stderr"
+}
+
+argv scontrol_config_argv; cap limits_scontrol_config "${BUILT[@]}"
+argv assoc_argv "$LAB_USER"; cap limits_assoc "${BUILT[@]}"
+argv assoc_argv nosuchuser; cap limits_assoc_nouser "${BUILT[@]}"
+argv qos_argv; cap limits_qos "${BUILT[@]}"
+argv sinfo_partitions_argv; cap limits_sinfo "${BUILT[@]}"
+argv version_argv; cap limits_sbatch_version "${BUILT[@]}"
+cap limits_sacct_probe sacct --noheader -X --starttime=now-1minutes --format=JobID
+
+cleanup() {
+    sacctmgr -i delete user "$LAB_USER" account=hpcbcap,hpcbcap2 >/dev/null 2>&1
+    sacctmgr -i delete account hpcbcap,hpcbcap2 >/dev/null 2>&1
+    sacctmgr -i delete qos hpcbcap >/dev/null 2>&1
+}
+trap cleanup EXIT
+cleanup
+sacctmgr -i add qos hpcbcap MaxSubmitJobsPerUser=25 >/dev/null
+sacctmgr -i add account hpcbcap parent=lab cluster=lab MaxSubmitJobs=40 description=cap organization=lab >/dev/null
+sacctmgr -i add account hpcbcap2 parent=lab cluster=lab description=cap organization=lab >/dev/null
+sacctmgr -i add user "$LAB_USER" account=hpcbcap cluster=lab qos=normal,hpcbcap defaultqos=hpcbcap >/dev/null
+sacctmgr -i add user "$LAB_USER" account=hpcbcap2 cluster=lab MaxSubmitJobs=7 >/dev/null
+argv assoc_argv "$LAB_USER"; cap limits_assoc_limited "${BUILT[@]}"
+argv qos_argv; cap limits_qos_limited "${BUILT[@]}"
+echo "limits captured in $OUT" >&2
