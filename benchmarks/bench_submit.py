@@ -33,6 +33,7 @@ RAW_SBATCH = "sbatch --parsable --output=/dev/null --wrap true"
 HPCROCKET_PY = Path("/tmp/bench-hpcrocket/bin/python")
 HPCROCKET_CLI = Path("/tmp/bench-hpcrocket/bin/hpc-rocket")
 PYSQA_PY = Path("/tmp/bench-pysqa/bin/python")
+SUBMITIT_PY = Path("/tmp/bench-submitit/bin/python")
 PEERS = C.BENCH_DIR / "peers"
 
 # contender -> (label, is a peer / slow one, max N it runs at by default)
@@ -45,6 +46,7 @@ CONTENDERS: dict[str, tuple[str, int]] = {
     "pysqa-raw-percall": ("(d) pysqa 1.1.1 remote, connection per call, raw sbatch", 50),
     "pysqa-remote-submit": ("(d) pysqa 1.1.1 remote, `python -m pysqa --submit` on the cluster", 50),
     "hpc-rocket-lib": ("(d) hpc-rocket 0.6.3 as a library, one connection", 50),
+    "submitit-array": ("(e) submitit 1.5.4 map_array on the lab host (local sbatch, one job array)", 10**9),
     "hpc-rocket-cli": ("(d) hpc-rocket 0.6.3 CLI, `hpc-rocket launch` per job (via 127.0.0.2:22 relay)", 50),
 }
 
@@ -158,6 +160,17 @@ def run_pysqa(mode: str, conn: str) -> Callable[[int], dict[str, Any]]:
     return go
 
 
+def run_submitit(n: int) -> dict[str, Any]:
+    folder = f"/tmp/bench-submitit-work-{os.getpid()}-{n}"
+    try:
+        out = _peer(["runuser", "-u", C.LAB_USER, "--", str(SUBMITIT_PY), str(PEERS / "submitit_driver.py"),
+                     str(n), folder])  # fmt: skip
+    finally:
+        subprocess.run(["rm", "-rf", "--", folder], check=False)
+    # submitit names elements <array>_<i>; count ids like the raw loop does (one per task)
+    return out
+
+
 def run_hpcrocket_lib(n: int) -> dict[str, Any]:
     return _peer([str(HPCROCKET_PY), str(PEERS / "hpcrocket_driver.py"), str(n), str(C.LAB_PORT),
                   str(C.LAB_KEY), "bench-true.sh"])  # fmt: skip
@@ -209,6 +222,7 @@ RUNNERS: dict[str, Callable[[int], dict[str, Any]]] = {
     "pysqa-remote-submit": run_pysqa("remote", "continuous"),
     "hpc-rocket-lib": run_hpcrocket_lib,
     "hpc-rocket-cli": run_hpcrocket_cli,
+    "submitit-array": run_submitit,
 }
 
 
@@ -244,6 +258,9 @@ def main() -> None:
     if peer_problem and any(c.startswith(("pysqa", "hpc-rocket")) for c in chosen):
         print(f"skipping peers: {peer_problem}", file=sys.stderr)
         chosen = [c for c in chosen if not c.startswith(("pysqa", "hpc-rocket"))]
+    if "submitit-array" in chosen and not SUBMITIT_PY.exists():
+        print(f"skipping submitit: {SUBMITIT_PY} missing: run benchmarks/peers/setup.sh", file=sys.stderr)
+        chosen = [c for c in chosen if c != "submitit-array"]
     maxjobs = C.max_job_count()
     if max(ns) > maxjobs // 2:
         C.die(f"N={max(ns)} too close to the lab's MaxJobCount={maxjobs} (jobs stay MinJobAge after cancel)")

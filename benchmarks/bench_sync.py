@@ -12,6 +12,9 @@ attempts carry job ids of two kinds, measured as two variants:
   no CPU taken from colleagues), shared round-robin by all in-flight tasks. squeue reports them
   every cycle, so each in-flight task goes through the normal path (poll request, apply, write
   ``last_seen_at``) -- the steady state of a big campaign;
+* ``array``: one real held job array (``sbatch --hold --array=0-K``) whose elements are the
+  in-flight tasks' jobs, one each (``<array>_<i>``), as a sweep submitted by hpcbridge has:
+  ``squeue --array`` lists every element, so the commands per cycle must not grow with N;
 * ``unknown``: syntactically valid ids Slurm has never seen (9000000+i). squeue does not list
   them, so every cycle asks sacct for all of them and then reads their marker files: the worst
   case (jobs purged from squeue). ``lost_grace_seconds`` is set huge so they stay in flight and
@@ -50,8 +53,17 @@ def submit_held(k: int) -> list[str]:
     return ids
 
 
+def submit_held_array(k: int) -> str:
+    res = C.as_lab_user(f"sbatch --parsable --hold --array=0-{k - 1} --output=/dev/null "
+                        "--job-name=hpcb-bench-held-array --wrap 'sleep 600'")  # fmt: skip
+    job = res.stdout.strip().split(";")[0]
+    if not job.isdigit():
+        C.die(f"could not submit a held array of {k}: {res.stderr.strip()}")
+    return job
+
+
 def build_registry(db: Path, cfg: Path, n: int, inflight_frac: float, variant: str,
-                   held: list[str]) -> dict[str, Any]:  # fmt: skip
+                   held: list[str], array: str | None = None) -> dict[str, Any]:  # fmt: skip
     from hpcbridge.config import load_config
     from hpcbridge.lifecycle import TaskState as S
     from hpcbridge.models import Attempt, Task, new_task_id, new_token
@@ -80,7 +92,10 @@ def build_registry(db: Path, cfg: Path, n: int, inflight_frac: float, variant: s
         reg.insert_task(task, source="bench", detail="task registered")
         if inflight:
             k = i - (n - n_inflight)
-            job = held[k % len(held)] if variant == "known" else str(9_000_000 + k)
+            if variant == "array":
+                job = f"{array}_{k}"
+            else:
+                job = held[k % len(held)] if variant == "known" else str(9_000_000 + k)
         else:
             job = str(8_000_000 + i)
         with reg.transaction():
@@ -150,13 +165,18 @@ def main() -> None:
     ns = C.parse_ns(args.ns)
     variants = [v for v in args.variants.split(",") if v]
     held = submit_held(HELD_JOBS)
+    arrays: list[str] = []
     rows: list[dict[str, Any]] = []
     try:
         for variant in variants:
             for n in ns:
                 tmp = C.tempdir(f"sync-{variant}-{n}")
                 cfg = C.bench_config(tmp, lost_grace_seconds=10**9, commands_per_minute=10**6)
-                built = build_registry(tmp / "registry.db", cfg, n, args.inflight, variant, held)
+                array = None
+                if variant == "array":
+                    array = submit_held_array(max(1, int(round(n * args.inflight))))
+                    arrays.append(array)
+                built = build_registry(tmp / "registry.db", cfg, n, args.inflight, variant, held, array)
                 prof = args.profile if (n == max(ns) and variant == variants[0]) else None
                 m = measure(tmp / "registry.db", cfg, args.cycles, prof)
                 row = {"variant": variant, "n": n, **built, **m}
@@ -172,7 +192,7 @@ def main() -> None:
         rows.append({"variant": "0-in-flight", "n": min(ns), **built,
                      **measure(tmp / "registry.db", cfg, args.cycles, None)})  # fmt: skip
     finally:
-        C.cleanup_jobs(held)
+        C.cleanup_jobs(held + arrays)
 
     base = {r["variant"]: r["median"] for r in rows if r["n"] == min(ns)}
     table_rows = []

@@ -8,19 +8,27 @@ Backends are opened on demand, one per cluster, unless the caller injects them
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, PollRequest
 from .config import ClusterConfig, Config, load_config, resolve_db_path
-from .errors import ConflictError
+from .errors import ConflictError, HpcBridgeError
 from .lifecycle import TaskState
 from .models import Attempt, Task
 from .registry import Registry
+from .slurm.limits import ClusterLimits
+
+# How long limits read from a cluster (sacctmgr, scontrol show config) are trusted.
+LIMITS_TTL_SECONDS = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,38 @@ class Runtime:
 
     def cluster(self, name: str | None) -> ClusterConfig:
         return self.config.cluster(name)
+
+    def cluster_limits(self, cluster: str) -> ClusterLimits | None:
+        """The cluster's limits (MaxArraySize, the user's MaxSubmitJobs), from the backend,
+        kept in ``<data dir>/limits/`` for LIMITS_TTL_SECONDS so that not every submitting
+        process asks sacctmgr again. None when the backend has none or they cannot be read."""
+        backend = self.backend(cluster)
+        read = getattr(backend, "cluster_limits", None)
+        if read is None:
+            return None
+        path = self.data_dir / "limits" / (re.sub(r"[^A-Za-z0-9_.-]", "_", cluster) + ".json")
+        try:
+            if time.time() - path.stat().st_mtime < LIMITS_TTL_SECONDS:
+                limits = ClusterLimits(**json.loads(path.read_text(encoding="utf-8")))
+                remember = getattr(backend, "remember_limits", None)
+                if remember is not None:
+                    remember(limits)
+                return limits
+        except (OSError, ValueError, TypeError):
+            pass  # absent, stale or unreadable: read them again
+        try:
+            limits = read()
+        except HpcBridgeError as exc:
+            log.warning("cluster %s: cannot read its limits (%s); assuming none", cluster, exc.message)
+            return None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dataclasses.asdict(limits)), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot keep the limits of %s: %s", cluster, exc)
+        return limits
 
     def backend(self, cluster: str) -> Backend:
         """The backend of ``cluster`` (ConfigError for a cluster the config does not name)."""

@@ -180,10 +180,15 @@ HOLDS_JOB = (S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED)
 
 
 def _within_submit_limit(rt: Runtime, cluster: str, tasks: Sequence[Task]) -> list[Task]:
-    """As many of ``tasks`` as the cluster's ``max_submit_jobs`` has room for; the others
-    wait in hpcbridge (handed to the sync, one event the first time) and go out as jobs end.
-    sbatch would reject them outright (QOSMaxSubmitJobPerUserLimit), failing the task."""
+    """As many of ``tasks`` as the cluster's ``max_submit_jobs`` (config, else the user's
+    MaxSubmitJobs read from sacctmgr) has room for; the others wait in hpcbridge (handed to
+    the sync, one event the first time) and go out as jobs end. sbatch would reject them
+    outright (QOSMaxSubmitJobPerUserLimit), failing the task. Only hpcbridge's own jobs on
+    the cluster are counted: jobs submitted by other means use slots it does not see."""
     limit = rt.cluster(cluster).max_submit_jobs
+    if limit is None:
+        known = rt.cluster_limits(cluster)
+        limit = known.max_submit_jobs if known is not None else None
     if limit is None:
         return list(tasks)
     busy = len(rt.registry.list_tasks(states=HOLDS_JOB, cluster=cluster))

@@ -2,6 +2,7 @@
 # Install the peer tools for bench_submit.py, each in its OWN virtualenv (never the project's):
 #   /tmp/bench-hpcrocket  hpc-rocket (client side)
 #   /tmp/bench-pysqa      pysqa[remote] (client side)
+#   /tmp/bench-submitit   submitit, run as the lab user on the lab host (it has no remote mode)
 #   ~hpcblab/pysqa-venv   pysqa on the "cluster" for the lab user (its remote mode runs
 #                         `python -m pysqa` there; Debian's PEP 668 forbids `pip install --user`)
 # plus the small config files they read. Idempotent. Run as root on the lab host.
@@ -18,6 +19,11 @@ H="$(getent passwd "$U" | cut -d: -f6)"
 [ -x /tmp/bench-pysqa/bin/python ] && /tmp/bench-pysqa/bin/python -c 'import pysqa, paramiko' 2>/dev/null || {
     python3 -m venv /tmp/bench-pysqa
     /tmp/bench-pysqa/bin/pip install -q 'pysqa[remote]'
+}
+[ -x /tmp/bench-submitit/bin/python ] && /tmp/bench-submitit/bin/python -c 'import submitit' 2>/dev/null || {
+    python3 -m venv /tmp/bench-submitit
+    /tmp/bench-submitit/bin/pip install -q submitit
+    chmod -R a+rX /tmp/bench-submitit
 }
 runuser -u "$U" -- bash -c '[ -x ~/pysqa-venv/bin/python ] && ~/pysqa-venv/bin/python -c "import pysqa" 2>/dev/null || {
     /usr/bin/python3 -m venv ~/pysqa-venv && ~/pysqa-venv/bin/pip install -q pysqa; }'

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import posixpath
 import re
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from ..errors import (
 from ..lifecycle import TaskState
 from ..models import JobInfo, Task
 from ..paths import input_name, log_name, match_outputs
+from ..slurm import limits
+from ..slurm.limits import ClusterLimits
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
 from .slurm_files import SlurmFilesMixin
@@ -53,7 +56,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         self._tz: dt.tzinfo | None = None
         self._tz_read_at = 0.0  # time.monotonic() of the last read
         self._accounting = True
-        self._max_array: int | None = None
+        self._limits: ClusterLimits | None = None
         self.commands = 0  # scheduler commands issued (sbatch counted once per batch script)
 
     # -- paths --------------------------------------------------------------------------
@@ -134,21 +137,39 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         return slurm.render_submit_script(jobs, sbatch=slurm.sbatch_argv(bin_dir=self._bin()),
                                           lanes=self.cluster.submit_parallelism, arrays=arrays)  # fmt: skip
 
+    def cluster_limits(self) -> ClusterLimits:
+        """The cluster's MaxArraySize, MaxJobCount and the user's tightest MaxSubmitJobs
+        (associations and their QOS), read once per backend: ``id -un``, then one script
+        running ``scontrol show config`` and the two ``sacctmgr`` queries. A part that cannot
+        be read is None (unknown, treated as unlimited)."""
+        if self._limits is None:
+            self.commands += 1
+            who = self.transport.run(["id", "-un"], what="reading the user name")
+            user = who.stdout.strip() if who.ok else ""
+            argvs = [limits.scontrol_config_argv(bin_dir=self._bin())]
+            if user and re.fullmatch(r"[A-Za-z0-9._][A-Za-z0-9._-]*", user):
+                argvs += [limits.assoc_argv(user, bin_dir=self._bin()), limits.qos_argv(bin_dir=self._bin())]
+            parts = [f"printf '%s\\n' {shlex.quote(_LIMITS_SEP)}; {shlex.join(slurm.scrub_env(a))} 2>/dev/null"
+                     for a in argvs]  # fmt: skip
+            res = self.transport.run_script("\n".join(parts) + "\n", what="reading the cluster's limits")
+            texts = (res.stdout.split(_LIMITS_SEP + "\n")[1:] + ["", "", ""])[:3]
+            self._limits = limits.parse_limits(texts[0], texts[1], texts[2], user)
+            log.info("cluster %s: limits %s", self.cluster.name, self._limits)
+        return self._limits
+
+    def remember_limits(self, limits: ClusterLimits) -> None:
+        """Limits read earlier (the runtime keeps them on disk for a while)."""
+        self._limits = limits
+
     def max_array_size(self) -> int:
-        """The cluster's MaxArraySize (config ``max_array_size`` first), read once."""
+        """Elements per array: config ``max_array_size``, else the cluster's MaxArraySize."""
         if self.cluster.max_array_size is not None:
             return self.cluster.max_array_size
-        if self._max_array is None:
-            self.commands += 1
-            res = self.transport.run(slurm.scrub_env([slurm.command_path("scontrol", self._bin()),
-                                                      "show", "config"]),
-                                     timeout=self.cluster.command_timeout, what="scontrol show config")  # fmt: skip
-            found = slurm.max_array_size(res.stdout) if res.ok else None
-            if found is None:
-                log.warning("cluster %s: could not read MaxArraySize; assuming Slurm's default %d",
-                            self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip
-            self._max_array = found or slurm.DEFAULT_MAX_ARRAY_SIZE
-        return self._max_array
+        found = self.cluster_limits().max_array_size
+        if found is None:
+            log.warning("cluster %s: could not read MaxArraySize; assuming Slurm's default %d",
+                        self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip
+        return found or slurm.DEFAULT_MAX_ARRAY_SIZE
 
     def _plan(self, rendered: Sequence[tuple[SubmitRequest, str]]) -> tuple[
             list[tuple[SubmitRequest, str]], list[tuple[slurm.ArrayJob, list[SubmitRequest]]]]:  # fmt: skip
@@ -417,6 +438,8 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
 def _chunk_size(chunk: tuple[Sequence[object], Sequence[tuple[object, Sequence[object]]]]) -> int:
     return len(chunk[0]) + sum(len(members) for _, members in chunk[1])
 
+
+_LIMITS_SEP = "HPCB-LIMITS-PART"
 
 _JOB_ID = re.compile(r"\d+(_\d+)?")
 

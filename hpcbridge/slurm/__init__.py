@@ -22,7 +22,6 @@ from .array import (
     ArrayMember,
     array_key,
     array_name,
-    max_array_size,
     plan_arrays,
     render_array_script,
 )
@@ -114,7 +113,6 @@ __all__ = [
     "ArrayMember",
     "array_key",
     "array_name",
-    "max_array_size",
     "plan_arrays",
     "render_array_script",
     "BadRow",

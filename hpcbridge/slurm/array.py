@@ -17,7 +17,6 @@ runs, so an element whose sbatch reply was lost is found in ``squeue`` by (token
 from __future__ import annotations
 
 import posixpath
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,9 +31,7 @@ PER_TASK_FLAGS: frozenset[str] = frozenset(
     {"--job-name", "--comment", "--chdir", "--output", "--error", "--open-mode"}
 )
 
-# `scontrol show config` prints "MaxArraySize            = 1001". The largest index an array
-# may have is MaxArraySize - 1.
-_MAX_ARRAY = re.compile(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", re.M)
+# The largest index an array may have is MaxArraySize - 1 (limits.py reads it).
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
 
 
@@ -52,12 +49,6 @@ def array_key(script: str) -> tuple[str, ...]:
         if flag not in PER_TASK_FLAGS:
             key.append(line)
     return tuple(key)
-
-
-def max_array_size(scontrol_config: str) -> int | None:
-    """MaxArraySize from ``scontrol show config`` output, or None when it is not there."""
-    m = _MAX_ARRAY.search(scontrol_config)
-    return int(m[1]) if m else None
 
 
 @dataclass(frozen=True)

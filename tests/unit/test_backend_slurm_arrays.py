@@ -4,11 +4,14 @@ scripted replies)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.testing import ReplayCall, ReplayTransport, Reply
 
 from .test_backend_slurm_replay import cluster, report_line, submit_requests
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "slurm" / "22.05"
 
 
 def answer_with_ids(first_id: int):
@@ -30,9 +33,18 @@ def answer_with_ids(first_id: int):
     return reply
 
 
+def limits_reply(max_array_size: int) -> str:
+    """The limits script's output from the real lab captures, MaxArraySize set as asked."""
+    config = (DATA / "limits_scontrol_config.txt").read_text()
+    config = re.sub(r"(?m)^MaxArraySize\s*=.*$", f"MaxArraySize            = {max_array_size}", config)
+    parts = [config, (DATA / "limits_assoc_limited.txt").read_text(), (DATA / "limits_qos.txt").read_text()]
+    return "".join(f"HPCB-LIMITS-PART\n{p}" for p in parts)
+
+
 def test_same_request_tasks_become_arrays_split_at_max_array_size() -> None:
     transport = (ReplayTransport()
-                 .on("scontrol show config", stdout="MaxJobCount = 10000\nMaxArraySize            = 3\n", times=1)
+                 .on("id -un", stdout="hpcblab\n", times=1)
+                 .on_script(stdout=limits_reply(3), contains="HPCB-LIMITS-PART", times=1)
                  .on_script(answer_with_ids(500), times=1))  # fmt: skip
     reqs = submit_requests("a", "b", "c", "d", "e", cpus=2) + submit_requests("x", cpus=8)
     backend = SlurmBackend(cluster(arrays=True), transport)
@@ -41,9 +53,11 @@ def test_same_request_tasks_become_arrays_split_at_max_array_size() -> None:
     assert [i for _, i in ids] == ["0", "1", "2", "0", "1"]  # element indexes, in order
     assert ids[0][0] == ids[1][0] == ids[2][0] != ids[3][0] == ids[4][0]  # two arrays
     assert (outcomes["tokx"].job_id or "").isdigit()  # a request of its own: a plain job
-    [script] = transport.scripts
+    [script] = [x for x in transport.scripts if "HPCB-LIMITS-PART" not in x]
     assert script.count("--array=") == 2 and "0-2" in script and "0-1" in script
-    assert backend.commands == 2  # scontrol show config (once), one submission script
+    assert backend.commands == 2  # the limits (once), one submission script
+    limits = backend.cluster_limits()
+    assert limits.max_array_size == 3 and limits.max_submit_jobs is not None
     # MaxArraySize is read once per backend.
     transport.on_script(answer_with_ids(600), times=1)
     backend.submit(submit_requests("f", "g", cpus=2))

@@ -119,9 +119,3 @@ def test_a_rejected_array_fails_every_element_with_sbatchs_error(tmp_path: Path)
     assert report.status["tok0"][0] == 1 and report.status["tok1"][0] == 1
     assert "Invalid job array specification" in report.errors["tok1"]
     assert not (Path(members[0].work_dir) / ".hpcbridge" / "1" / "job_id").exists()
-
-
-def test_max_array_size_from_real_scontrol_output() -> None:
-    text = "Configuration data as of 2026-12-01T13:39:02\nMaxArraySize            = 1001\nMaxJobCount             = 10000\n"
-    assert slurm.max_array_size(text) == 1001
-    assert slurm.max_array_size("MaxJobCount = 3\n") is None
