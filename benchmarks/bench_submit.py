@@ -78,33 +78,9 @@ def run_ssh_per_job(n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "job_ids": ids, "errors": errors}
 
 
-def _unique_task_ids() -> None:
-    """Work around a bug found by this benchmark: Service.submit_many (service.py:169-171) gives
-    every task of one call the same millisecond, so the 20 random bits of new_task_id collide
-    with probability ~n^2/2^21 (about 38% at n=1000) and the call dies with "UNIQUE constraint
-    failed: tasks.id" half-way. Re-draw an id already handed out in this process (cost: nil)."""
-    from hpcbridge import models, service
-
-    if getattr(service.new_task_id, "_bench_unique", False):
-        return
-    seen: set[str] = set()
-    original = models.new_task_id
-
-    def unique(now: float | None = None) -> str:
-        while (tid := original(now)) in seen:
-            pass
-        seen.add(tid)
-        return tid
-
-    unique._bench_unique = True  # type: ignore[attr-defined]
-    service.new_task_id = unique  # type: ignore[assignment]
-
-
 def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) -> dict[str, Any]:
     import hpcbridge
     from hpcbridge import api
-
-    _unique_task_ids()
 
     tmp = C.tempdir("submit")
     cfg = C.bench_config(tmp, commands_per_minute=100000, arrays=arrays)

@@ -21,7 +21,7 @@ H="$(getent passwd "$U" | cut -d: -f6)"
     /tmp/bench-pysqa/bin/pip install -q 'pysqa[remote]'
 }
 [ -x /tmp/bench-submitit/bin/python ] && /tmp/bench-submitit/bin/python -c 'import submitit' 2>/dev/null || {
-    python3 -m venv /tmp/bench-submitit
+    /usr/bin/python3 -m venv /tmp/bench-submitit   # the system python: the lab user runs it
     /tmp/bench-submitit/bin/pip install -q submitit
     chmod -R a+rX /tmp/bench-submitit
 }
