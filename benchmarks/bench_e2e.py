@@ -37,12 +37,10 @@ def main() -> None:
     args = ap.parse_args()
     C.check_lab()
 
-    import hpcbridge
-    from hpcbridge import api
+    from hpcbridge.service import Service
 
     tmp = C.tempdir("e2e")
-    hpcbridge.configure(config=C.LAB_CONFIG, db=tmp / "registry.db")
-    svc = api._service()
+    svc = Service.open(C.LAB_CONFIG, tmp / "registry.db", source="bench")
     n = args.tasks
     specs = [{"command": ["python3", "heat2d.py", *args.args.split(), "--init", "spot" if i % 2 else "edge"],
               "name": f"e2e-{i}", "inputs": [str(HEAT2D)], "outputs": ["result.json"],
@@ -50,7 +48,7 @@ def main() -> None:
     load = C.queue_load()
     print(f"submitting {n} heat2d tasks (queue before: {load}) ...", flush=True)
     c0, t0 = time.process_time(), time.perf_counter()
-    tasks = hpcbridge.submit_many(specs)
+    tasks = svc.submit_many(specs)
     t_submitted = time.perf_counter()
     submit_wall = t_submitted - t0
     print(f"  submit_many returned after {submit_wall:.2f} s", flush=True)
@@ -105,7 +103,6 @@ def main() -> None:
         "queue_before": load,
     }  # fmt: skip
     svc.close()
-    api._services.clear()
     C.cleanup_jobs(job_ids)
     C.remove_lab_dirs(work_dirs)
 

@@ -79,13 +79,11 @@ def run_ssh_per_job(n: int) -> dict[str, Any]:
 
 
 def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) -> dict[str, Any]:
-    import hpcbridge
-    from hpcbridge import api
+    from hpcbridge.service import Service
 
     tmp = C.tempdir("submit")
     cfg = C.bench_config(tmp, commands_per_minute=100000, arrays=arrays)
-    hpcbridge.configure(config=cfg, db=tmp / "registry.db")
-    svc = api._service()  # opens the registry (migrations) outside the timed part
+    svc = Service.open(cfg, tmp / "registry.db", source="bench")  # migrations outside the timed part
     specs = [{"command": ["true"], "name": f"b{i}"} for i in range(n)]
     prof = None
     if profile:
@@ -94,7 +92,7 @@ def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) ->
         prof = cProfile.Profile()
         prof.enable()
     c0, t0 = time.process_time(), time.perf_counter()
-    tasks = hpcbridge.submit_many(specs)
+    tasks = svc.submit_many(specs)
     attempts = svc.registry.current_attempts([t.id for t in tasks])
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     if prof is not None:
@@ -106,9 +104,8 @@ def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) ->
     # deep-copies its _lock field; read the counters directly.)
     st = backend.transport.stats  # type: ignore[attr-defined]
     stats = {k: getattr(st, k) for k in ("round_trips", "connects", "sftp_ops")}
-    work_dirs = [t.record().work_dir or "" for t in tasks]
+    work_dirs = [svc.get(t.id).work_dir or "" for t in tasks]
     svc.close()
-    api._services.clear()
     return {
         "seconds": elapsed, "local_cpu_s": cpu, "job_ids": ids, "errors": n - len(ids),
         "round_trips": stats["round_trips"], "connects": stats["connects"],
