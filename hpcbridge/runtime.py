@@ -13,14 +13,16 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, PollRequest
 from .config import ClusterConfig, Config, load_config, resolve_db_path
 from .errors import ConflictError
 from .lifecycle import TaskState
 from .models import Attempt, Task
 from .registry import Registry
+
+if TYPE_CHECKING:  # backends are opened (and their module imported) on first use
+    from .backends.base import Backend, PollRequest
 
 log = logging.getLogger(__name__)
 
@@ -131,5 +133,7 @@ class Runtime:
 
     @staticmethod
     def poll_request(task: Task, att: Attempt) -> PollRequest:
+        from .backends.base import PollRequest
+
         return PollRequest(task_id=task.id, attempt=att.number, token=att.token, job_id=att.job_id,
                            work_dir=task.work_dir, backend_ref=att.backend_ref)  # fmt: skip
