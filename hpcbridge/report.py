@@ -177,7 +177,9 @@ def failure(task: Task, attempts: Sequence[Attempt], lines: int = 10) -> dict[st
 
     att = attempts[-1]
     usage = _usage(att.usage)
-    reason = (att.queue or {}).get("reason") if att.queue else None
+    # Why it waited matters only for a job that never started (a dependency that can never
+    # be met); once it ran, a stale pending reason ("Priority") would mislead the hint.
+    reason = (att.queue or {}).get("reason") if att.queue and att.started_at is None else None
     d = diagnose(task.state, att.exit_code, att.signal, att.stderr_tail, att.stdout_tail,
                  usage, reason, lines=lines)  # fmt: skip
     known = att.exit_code is not None or att.signal

@@ -159,7 +159,7 @@ def _failures(data: Mapping[str, Any]) -> str:
     for f in data["failures"]:
         out.append(f'<div class="failure"><b><code>{_e(f["id"])}</code> {_e(f["name"])}</b> {_badge(f["state"])} '
                    f'attempt {_e(f["attempt"])}{" on " + _e(f["node"]) if f.get("node") else ""}<br>'
-                   f'{_e(f["summary"])}' + (f' ({_e(f["exit"])})' if f.get("exit") else ""))  # fmt: skip
+                   f'{_e(f["summary"])}' + (f' ({_e(f["exit"])})' if f.get("exit") and f["exit"] not in f["summary"] else ""))  # fmt: skip
         if f.get("reason"):
             out.append(f"<br>reason: {_e(f['reason'])}")
         if f.get("hint"):
