@@ -224,3 +224,21 @@ def test_report_cli_writes_html_and_json(sweep, tmp_path: Path, monkeypatch) -> 
                  ["report", "--html", str(tmp_path / "no" / "dir.html")]):  # fmt: skip
         res = CliRunner().invoke(cli, ["--db", str(tmp_path / "r.db"), *args])
         assert res.exit_code == 1 and res.output.startswith("error: "), (args, res.output)
+
+
+def test_to_records_through_the_public_api(sweep, tmp_path: Path, monkeypatch) -> None:
+    import hpcbridge
+
+    monkeypatch.delenv("HPCBRIDGE_CONFIG", raising=False)
+    svc, ids = sweep
+    svc.close()
+    hpcbridge.configure(db=tmp_path / "r.db")
+    try:
+        recs = hpcbridge.to_records([ids["ok"], hpcbridge.Task(ids["requeued"][:12])])
+        assert [r["id"] for r in recs] == [ids["ok"], ids["requeued"]]
+        assert recs[0]["alpha"] == "0.1" and recs[0]["cpu_efficiency"] == pytest.approx(0.1)
+        project = hpcbridge.Project("scan").to_records()
+        assert [r["id"] for r in project] == list(ids.values())  # oldest first
+        assert {r["alpha"] for r in project} == {"0.1", HOSTILE_META, "0.3"}
+    finally:
+        hpcbridge.configure()
