@@ -40,7 +40,7 @@ def tasks() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--usage", "show_usage", is_flag=True,
               help="Add CPU% and MEM% columns (efficiency of the latest attempt, from accounting).")  # fmt: skip
-@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json", "csv"]),
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               help="Export: a table, JSON records or CSV with every metadata key as a column "
                    "(and core-hours with --usage).")  # fmt: skip
 @click.pass_context
@@ -125,8 +125,11 @@ def _export(rows: list[Task], usage: Mapping[str, Mapping[str, Any]] | None, fmt
         cols = f"{_pct(u.get('cpu_efficiency')):>5} {_pct(u.get('mem_efficiency')):>5}  " if usage is not None else ""
         extra = "".join(f"{t.metadata.get(k, '-'):<{widths[k]}}  " for k in keys)
         created = (iso(t.created_at) or "")[:19].replace("T", " ")
-        click.echo(f"{t.id:<14}{t.state.value:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
+        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
                    f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+    if any((t.reason or "").startswith("warning:") for t in rows):
+        click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
 
 
 def _pct(x: Any) -> str:

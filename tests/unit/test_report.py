@@ -234,7 +234,7 @@ def test_to_records_through_the_public_api(sweep, tmp_path: Path, monkeypatch) -
     svc.close()
     hpcbridge.configure(db=tmp_path / "r.db")
     try:
-        recs = hpcbridge.to_records([ids["ok"], hpcbridge.Task(ids["requeued"][:12])])
+        recs = hpcbridge.to_records([ids["ok"], hpcbridge.Task(ids["requeued"])])
         assert [r["id"] for r in recs] == [ids["ok"], ids["requeued"]]
         assert recs[0]["alpha"] == "0.1" and recs[0]["cpu_efficiency"] == pytest.approx(0.1)
         project = hpcbridge.Project("scan").to_records()
