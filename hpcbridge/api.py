@@ -108,6 +108,13 @@ class Task:
     def __repr__(self) -> str:
         return f"Task({self.id!r})"
 
+    def _repr_html_(self) -> str:
+        # Jupyter's rich display: a compact card (state, timings, usage, metadata, failure),
+        # every value escaped.
+        from .report_html import task_html
+
+        return task_html(self.info())
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other.id == self.id
 
@@ -223,6 +230,20 @@ def list_tasks(state: str | TaskState | Iterable[str | TaskState] | None = None,
     return [Task._known(i) for i in ids]
 
 
+def to_records(tasks: Iterable[Task | str]) -> list[dict[str, Any]]:
+    """The tasks as flat dicts, one per task, in the order given: what ``tasks list`` shows
+    (id, name, state, cluster, project, attempts, timestamps, queue/run seconds, exit code,
+    reason), the current attempt's ``cpu_efficiency``, ``mem_efficiency``, ``core_hours``,
+    and one column per metadata key (``None`` where a task lacks it; ``meta.<key>`` for a
+    key that clashes with a fixed column). ``pandas.DataFrame(to_records(...))`` takes
+    them as is."""
+    from .report_data import task_records
+
+    svc = _service()
+    ids = [t.id if isinstance(t, Task) else svc.resolve(t) for t in tasks]
+    return task_records([svc.registry.get_task(i) for i in ids], svc.usage_of(ids))
+
+
 def sweep(command_template: Sequence[str], *, grid: Mapping[str, Iterable[Any]] | None = None,
           zip: Mapping[str, Iterable[Any]] | None = None,
           params: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
@@ -275,6 +296,10 @@ class Project:
         """The project's tasks, oldest first (a sweep's order), optionally in these states."""
         ids = _projects.find_task_ids(_service(), project=self.name, states=_states(state), newest_first=False)
         return [Task._known(i) for i in ids]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The project's tasks as flat dicts, oldest first (``hpcbridge.to_records``)."""
+        return to_records(self.tasks())
 
     def counts(self) -> dict[str, int]:
         """Tasks by state, e.g. ``{"running": 2, "succeeded": 10}`` (empty: no tasks)."""

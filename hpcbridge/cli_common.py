@@ -4,8 +4,9 @@ invocation, ``key=value`` parsing and the progress lines of a wait."""
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -19,7 +20,39 @@ EXIT_ERROR = 1
 EXIT_TIMEOUT = 3
 
 
+class LazyCommands(dict[str, Any]):
+    """A group's commands where some are ``"module:attribute"`` until first looked up: the
+    module of a command is imported only when that command runs (or help lists it)."""
+
+    def _load(self, name: str, value: Any) -> click.Command:
+        if isinstance(value, str):
+            module, _, attr = value.partition(":")
+            value = getattr(importlib.import_module(module), attr)
+            dict.__setitem__(self, name, value)
+        cmd: click.Command = value
+        return cmd
+
+    def __getitem__(self, name: str) -> click.Command:
+        return self._load(name, dict.__getitem__(self, name))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def values(self) -> Iterator[click.Command]:  # type: ignore[override]
+        return (self[name] for name in list(self))
+
+    def items(self) -> Iterator[tuple[str, click.Command]]:  # type: ignore[override]
+        return ((name, self[name]) for name in list(self))
+
+
 class Group(click.Group):
+    def add_lazy_command(self, name: str, target: str) -> None:
+        """Register ``target`` (``"package.module:attribute"``, a click command) under
+        ``name`` without importing it yet."""
+        if not isinstance(self.commands, LazyCommands):
+            self.commands = LazyCommands(self.commands)
+        dict.__setitem__(self.commands, name, target)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

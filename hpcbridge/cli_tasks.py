@@ -13,7 +13,9 @@ from . import projects as proj
 from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
 from .errors import UsageError
 from .lifecycle import TaskState
+from .models import Task
 from .report import duration, format_info, format_size, iso, task_summary
+from .report_data import RECORD_COLUMNS, USAGE_COLUMNS, metadata_keys, task_records
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -38,11 +40,16 @@ def tasks() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--usage", "show_usage", is_flag=True,
               help="Add CPU% and MEM% columns (efficiency of the latest attempt, from accounting).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              help="Export: a table, JSON records or CSV with every metadata key as a column "
+                   "(and core-hours with --usage).")  # fmt: skip
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,
                project: str | None, meta: tuple[str, ...], limit: int, as_json: bool,
-               show_usage: bool) -> None:  # fmt: skip
+               show_usage: bool, fmt: str | None) -> None:  # fmt: skip
     """List tasks, newest first."""
+    if fmt and as_json:
+        raise UsageError("give --json or --format, not both", hint="--format json: flat records with metadata columns")
     svc = service(ctx)
     selected = [TaskState(s) for s in states] or None
     if active:
@@ -56,6 +63,9 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
     rows = proj.find_tasks(svc, states=selected, cluster=cluster, limit=limit, project=project,
                            metadata=wanted or None)  # fmt: skip
     usage = svc.usage_of([t.id for t in rows]) if show_usage else {}
+    if fmt:
+        _export(rows, usage if show_usage else None, fmt)
+        return
     if as_json:
         out = [task_summary(t) for t in rows]
         for item in out if show_usage else ():
@@ -82,6 +92,48 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
                    f"{duration(t.run_seconds):>8}  {cols}{t.name}")  # fmt: skip
     if any((t.reason or "").startswith("warning:") for t in rows):
         click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
+
+
+def _export(rows: list[Task], usage: Mapping[str, Mapping[str, Any]] | None, fmt: str) -> None:
+    """``tasks list --format``: the listing's records (``report_data.task_records``)."""
+    records = task_records(rows, usage)
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+        return
+    columns = list(records[0]) if records else [*RECORD_COLUMNS, *(USAGE_COLUMNS if usage is not None else ())]
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("no tasks", err=True)
+        return
+    # table: the default listing's columns, then one per metadata key (as `projects show`)
+    keys = metadata_keys(rows)
+    widths = {k: max(len(k), *(len(t.metadata.get(k, "")) for t in rows)) for k in keys}
+    extra = "".join(f"{k.upper():<{widths[k]}}  " for k in keys)
+    cols = f"{'CPU%':>5} {'MEM%':>5}  " if usage is not None else ""
+    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}{extra}NAME")
+    for t in rows:
+        u = (usage or {}).get(t.id) or {}
+        cols = f"{_pct(u.get('cpu_efficiency')):>5} {_pct(u.get('mem_efficiency')):>5}  " if usage is not None else ""
+        extra = "".join(f"{t.metadata.get(k, '-'):<{widths[k]}}  " for k in keys)
+        created = (iso(t.created_at) or "")[:19].replace("T", " ")
+        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
+        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+                   f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+    if any((t.reason or "").startswith("warning:") for t in rows):
+        click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 @tasks.command("info")

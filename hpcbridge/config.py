@@ -8,13 +8,12 @@ Errors name the file, the key and what is allowed.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import platformdirs
 
 from .errors import ConfigError
 from .lifecycle import RetryPolicy
@@ -25,12 +24,34 @@ BACKENDS = ("local", "slurm")
 TRANSPORTS = ("local", "ssh")
 
 
+def _user_dir(kind: str) -> Path:
+    """platformdirs' user config/data dir of hpcbridge. On Linux computed here as
+    platformdirs does it (the XDG variable when it holds an absolute path, else ~/.config or
+    ~/.local/share; a relative $HOME counts as unset), because importing platformdirs costs
+    ~10% of a CLI command's start-up (it imports tempfile, shutil, random, bz2, lzma);
+    tests/unit/test_config.py checks both agree. Elsewhere platformdirs answers."""
+    if sys.platform.startswith("linux"):
+        var, fallback = ("XDG_CONFIG_HOME", ".config") if kind == "config" else ("XDG_DATA_HOME", ".local/share")
+        base = os.environ.get(var, "")
+        if not os.path.isabs(base):
+            home = os.environ.get("HOME", "")
+            if not os.path.isabs(home):
+                import pwd
+
+                home = pwd.getpwuid(os.getuid()).pw_dir
+            base = os.path.join(home, fallback)
+        return Path(base) / APP
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP) if kind == "config" else platformdirs.user_data_dir(APP))
+
+
 def default_config_path() -> Path:
-    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+    return _user_dir("config") / "config.toml"
 
 
 def default_db_path() -> Path:
-    return Path(platformdirs.user_data_dir(APP)) / "registry.db"
+    return _user_dir("data") / "registry.db"
 
 
 def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:

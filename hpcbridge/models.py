@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ def new_task_id(now: float | None = None) -> str:
     counts the random part up instead of drawing again, as ULID's monotonic mode does), so a
     ``submit_many`` of thousands never collides with itself; across processes the registry's
     primary key catches the rare collision and the caller draws again."""
+    import secrets  # here, not at the top: ~10% of a read-only CLI command's start-up
+
     ms = int((time.time() if now is None else now) * 1000)
     last_ms, last_rand = _last_id
     if ms <= last_ms:
@@ -48,6 +49,8 @@ def new_task_id(now: float | None = None) -> str:
 
 def new_token() -> str:
     """Write-ahead submission token; rides in the Slurm job's comment to find it again."""
+    import secrets
+
     return secrets.token_hex(8)
 
 

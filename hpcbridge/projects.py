@@ -22,14 +22,15 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import HpcBridgeError, UsageError
 from .lifecycle import TaskState
 from .models import Task
-from .options import SubmitOptions
-from .service import KillResult, Service
-from .sweep import check_template, expand, render
+
+if TYPE_CHECKING:  # the service is passed in; options and sweeps are imported when used
+    from .options import SubmitOptions
+    from .service import KillResult, Service
 
 S = TaskState
 
@@ -266,6 +267,9 @@ def sweep_options(command: Sequence[str], *, grid: Mapping[str, Iterable[Any]] |
     """The options of every task of a sweep (nothing is registered): ``command`` is the
     template (``{name}`` placeholders, see ``hpcbridge.sweep``), ``options`` what every task
     shares (SubmitOptions' fields). Each task's parameters join its metadata."""
+    from .options import SubmitOptions
+    from .sweep import check_template, expand, render
+
     if options.get("script") is not None:
         raise UsageError("a sweep runs a command template, not a script",
                          hint="put the parameters in the command: -- python3 sim.py --alpha {alpha}")  # fmt: skip

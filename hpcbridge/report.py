@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .diagnostics import describe_exit, diagnose
 from .models import Attempt, Event, Task
-from .slurm.usage import Thresholds, Usage, efficiency_warnings, format_size
+
+# Diagnostics and Slurm's usage figures are imported where a report needs them: the task
+# listing (``duration``, ``iso``, ``task_summary``) starts without them.
+if TYPE_CHECKING:
+    from .slurm.usage import Thresholds, Usage
 
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def format_size(n: float | None) -> str:
+    """Bytes for people (``310.8 MiB``): ``slurm.usage.format_size``."""
+    from .slurm.usage import format_size as fmt
+
+    return fmt(n)
 
 
 def duration(seconds: float | None) -> str:
@@ -163,9 +173,13 @@ def failure(task: Task, attempts: Sequence[Attempt], lines: int = 10) -> dict[st
     stderr is empty), as kept when it ended."""
     if task.state.value == "succeeded" or not attempts or not (task.state.terminal or task.reason):
         return None
+    from .diagnostics import describe_exit, diagnose
+
     att = attempts[-1]
     usage = _usage(att.usage)
-    reason = (att.queue or {}).get("reason") if att.queue else None
+    # Why it waited matters only for a job that never started (a dependency that can never
+    # be met); once it ran, a stale pending reason ("Priority") would mislead the hint.
+    reason = (att.queue or {}).get("reason") if att.queue and att.started_at is None else None
     d = diagnose(task.state, att.exit_code, att.signal, att.stderr_tail, att.stdout_tail,
                  usage, reason, lines=lines)  # fmt: skip
     known = att.exit_code is not None or att.signal
@@ -183,6 +197,8 @@ def failure(task: Task, attempts: Sequence[Attempt], lines: int = 10) -> dict[st
 def _usage(data: Mapping[str, Any] | None) -> Usage | None:
     if not data:
         return None
+    from .slurm.usage import Usage
+
     try:
         return Usage(**dict(data))
     except TypeError:  # written by another hpcbridge version
@@ -192,6 +208,8 @@ def _usage(data: Mapping[str, Any] | None) -> Usage | None:
 def efficiency(attempts: Sequence[Attempt],
                thresholds: Thresholds | None = None) -> dict[str, Any] | None:  # fmt: skip
     """The usage of the latest attempt that has one, its summary line and warnings."""
+    from .slurm.usage import efficiency_warnings
+
     for att in reversed(attempts):
         usage = _usage(att.usage)
         if usage is not None:

@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, PollRequest
 from .config import ClusterConfig, Config, load_config, resolve_db_path
 from .errors import ConflictError, HpcBridgeError
 from .lifecycle import TaskState
@@ -29,6 +28,9 @@ from .slurm.limits import ClusterLimits
 
 # How long limits read from a cluster (sacctmgr, scontrol show config) are trusted.
 LIMITS_TTL_SECONDS = 3600.0
+
+if TYPE_CHECKING:  # backends are opened (and their module imported) on first use
+    from .backends.base import Backend, PollRequest
 
 log = logging.getLogger(__name__)
 
@@ -171,5 +173,7 @@ class Runtime:
 
     @staticmethod
     def poll_request(task: Task, att: Attempt) -> PollRequest:
+        from .backends.base import PollRequest
+
         return PollRequest(task_id=task.id, attempt=att.number, token=att.token, job_id=att.job_id,
                            work_dir=task.work_dir, backend_ref=att.backend_ref)  # fmt: skip

@@ -11,28 +11,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, PollRequest
-from .backends.slurm_monitor import MonitoringBackend
 from .config import ClusterConfig, Config
-from .cycle import SyncReport, sync_all, sync_cluster
 from .deps import format_after, parse_after
 from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
 from .lifecycle import ACTIVE, IN_FLIGHT, WAITING, TaskState
 from .models import Attempt, Event, Task
-from .options import SubmitOptions
 from .paths import check_work_path, in_meta_dir, is_log_path
 from .registry import Registry
-from .report import task_info
 from .runtime import Runtime
-from .slurm.usage import Thresholds, parse_size
-from .submission import submit_many
+
+# The sync cycle, submission, option checks, reports and monitoring are imported where they
+# are used: a command that only reads the registry (`tasks list`) starts without them.
+if TYPE_CHECKING:
+    from .backends.base import Backend, PollRequest
+    from .cycle import SyncReport
+    from .options import SubmitOptions
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -41,6 +40,8 @@ def _mem_bytes(mem: str | None) -> int | None:
     """``--mem`` as the user gave it (``500M``, ``4G``; a bare number is MiB, as sbatch reads it)."""
     if not mem:
         return None
+    from .slurm.usage import parse_size
+
     try:
         return parse_size(mem, unit="M")
     except ValueError:
@@ -117,6 +118,9 @@ class Service:
     def submit_many(self, specs: Sequence[Mapping[str, Any] | SubmitOptions], *,
                     where: str = "task") -> list[Task]:  # fmt: skip
         """Validate every spec (all or nothing), register them, submit them batched."""
+        from .options import SubmitOptions
+        from .submission import submit_many
+
         opts = [s if isinstance(s, SubmitOptions) else
                 SubmitOptions.from_mapping(s, where=f"{where} {i + 1}" if len(specs) > 1 else "")
                 for i, s in enumerate(specs)]  # fmt: skip
@@ -165,6 +169,9 @@ class Service:
     def info(self, task_id: str, *, lines: int = 10) -> dict[str, Any]:
         """Everything known about one task, as plain data (what ``tasks info`` shows);
         ``lines``: how many log lines its ``failure`` section keeps."""
+        from .report import task_info
+        from .slurm.usage import Thresholds
+
         task = self.get(task_id)
         thresholds = None
         if task.cluster in self.config.clusters:  # a task whose cluster left the config still shows
@@ -197,9 +204,13 @@ class Service:
     # -- sync ------------------------------------------------------------------------------
     def sync(self, clusters: Sequence[str] | None = None) -> list[SyncReport]:
         """One cycle per cluster (default: every cluster with active tasks)."""
+        from .cycle import sync_all
+
         return sync_all(self.runtime, clusters)
 
     def sync_cluster(self, cluster: str) -> SyncReport:
+        from .cycle import sync_cluster
+
         return sync_cluster(self.runtime, cluster)
 
     # -- cancel ----------------------------------------------------------------------------
@@ -327,6 +338,8 @@ class Service:
         budget): ``rss_bytes``, ``max_rss_bytes``, ``cpu_seconds``, ``cpu_percent`` (since
         it started, of its CPUs), disk I/O, ``sampled_at``; ``note`` says why a figure is
         missing (not running, no accounting gathered, a backend without monitoring)."""
+        from .backends.slurm_monitor import MonitoringBackend
+
         task = self.get(task_id)
         out: dict[str, Any] = {"id": task.id, "state": task.state.value, "alloc_cpus": task.spec.resources.cpus or 1,
                                "alloc_mem_bytes": _mem_bytes(task.spec.resources.mem)}  # fmt: skip
@@ -360,6 +373,8 @@ class Service:
                 raise UsageError(f"task {task.id} has no outputs yet (state {task.state.value})")
             store.mkdir(parents=True, exist_ok=True)
             self.backend(task.cluster).fetch_outputs(task, store)
+        import shutil
+
         copied = []
         for src in sorted(p for p in store.rglob("*") if p.is_file()):
             out = target / src.relative_to(store)
