@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..transport.base import script_argv
+from ..transport.base import script_argv, script_input
 
 
 class UnexpectedCommand(AssertionError):
@@ -127,7 +127,7 @@ def run_locally(
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Callable[[ReplayCall], Reply]:
-    """A responder that really runs the call on this machine: a script with ``bash -s``, a
+    """A responder that really runs the call on this machine: a script as ``run_script`` runs it, a
     command as its argv (no shell). For the few tests that must execute hpcbridge's generated
     shell (the bulk submission script against a fake ``sbatch`` in ``slurm_bin_dir``, the
     marker reader against real marker files)::
@@ -137,7 +137,7 @@ def run_locally(
 
     def respond(call: ReplayCall) -> Reply:
         argv = list(script_argv(False)) if call.script is not None else list(call.argv)
-        data = call.script if call.script is not None else call.stdin
+        data = script_input(call.script) if call.script is not None else call.stdin
         res = subprocess.run(  # noqa: S603 - argv list, no shell=True
             argv, input=data.encode() if isinstance(data, str) else data, capture_output=True,
             cwd=cwd, env=dict(env) if env is not None else None, timeout=timeout, check=False,

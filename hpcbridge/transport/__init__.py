@@ -16,6 +16,7 @@ from .base import (
     check_argv,
     expand_path,
     script_argv,
+    script_input,
 )
 from .local import LocalTransport
 from .ssh import SSHTransport
@@ -36,6 +37,7 @@ __all__ = [
     "make_transport",
     "resolve_target",
     "script_argv",
+    "script_input",
 ]
 
 

@@ -30,6 +30,7 @@ from .base import (
     decode_output,
     expand_path,
     script_argv,
+    script_input,
     tail_bytes,
     wrap_login_shell,
 )
@@ -89,7 +90,7 @@ class LocalTransport:
         what: str | None = None,
     ) -> CommandResult:
         argv = script_argv(self.login_shell)
-        return self._execute(argv, argv, script, timeout, check, what)
+        return self._execute(argv, argv, script_input(script), timeout, check, what)
 
     def _execute(
         self,

@@ -40,6 +40,7 @@ from .base import (
     expand_path,
     relative_find_output,
     script_argv,
+    script_input,
 )
 from .ssh_connect import SSHConnection, map_connect_error
 from .ssh_exec import exec_on_channel, open_session
@@ -126,7 +127,7 @@ class SSHTransport:
         what: str | None = None,
     ) -> CommandResult:
         argv = script_argv(self.cluster.login_shell)
-        return self._run(argv, shlex.join(argv), script, timeout, check, what)
+        return self._run(argv, shlex.join(argv), script_input(script), timeout, check, what)
 
     def _run(
         self,

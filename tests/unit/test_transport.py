@@ -7,6 +7,7 @@ Nothing here needs the lab; tests/integration/test_ssh_transport.py covers the r
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -44,7 +45,13 @@ from hpcbridge.transport import (
     make_transport,
     resolve_target,
 )
-from hpcbridge.transport.base import relative_find_output, tail_bytes
+from hpcbridge.transport.base import (
+    SCRIPT_END,
+    relative_find_output,
+    script_argv,
+    script_input,
+    tail_bytes,
+)
 from hpcbridge.transport.sshconfig import AcceptNewHost, RejectUnknownHost, parse_jump
 
 # Arbitrary text arguments; NUL cannot travel in an argv (exec takes C strings).
@@ -248,9 +255,23 @@ def test_local_run_script_one_round_trip(tmp_path: Path) -> None:
     t = LocalTransport(home=tmp_path)
     script = "".join(f"echo line{i}\n" for i in range(50)) + "echo 'quoted $x' \"$HOME\"\n"
     r = t.run_script(script, check=True)
-    assert r.argv == ("bash", "-s")
+    assert r.argv == script_argv(False)
     assert r.stdout.splitlines()[:50] == [f"line{i}" for i in range(50)]
     assert t.stats.round_trips == 1
+
+
+def test_a_script_cut_short_in_transit_runs_not_at_all(tmp_path: Path) -> None:
+    """The script runs from a file once it arrived whole: a sender killed mid-way (here: the
+    end marker missing) leaves nothing half done."""
+    marker = tmp_path / "ran"
+    full = script_input(f"touch {shlex.quote(str(marker))}\n")
+    cut = full[: -len(SCRIPT_END) - 1]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    res = subprocess.run(list(script_argv(False)), input=cut, capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode == 71 and "incomplete" in res.stderr and not marker.exists()
+    res = subprocess.run(list(script_argv(False)), input=full, capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode == 0 and marker.exists()
+    assert not list(tmp_path.glob("hpcb-script.*"))  # the temp files are gone
 
 
 def test_local_timeout_kills_process_group(tmp_path: Path) -> None:
