@@ -17,7 +17,9 @@ from typing import Any
 import click
 
 from . import projects as proj
+from .cli_clusters import clusters
 from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
+from .cli_complete import complete_clusters, complete_projects, complete_task_ids
 from .cli_projects import projects
 from .cli_tasks import tasks
 from .errors import UsageError
@@ -58,6 +60,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "sbatch_options": ("--sbatch-option",),
 }  # fmt: skip
 _NOT_OPTIONS = ("command", "script")  # the argument after `--`, and --script FILE
+_COMPLETE = {"cluster": complete_clusters, "project": complete_projects}
 
 
 def _submit_options(fn: Any) -> Any:
@@ -77,6 +80,8 @@ def _submit_options(fn: Any) -> Any:
             kw["type"] = int
         if f.name == "inputs":
             kw["type"] = click.Path(exists=True)
+        if f.name in _COMPLETE:
+            kw["shell_complete"] = _COMPLETE[f.name]
         if f.name == "retry_on":
             kw["type"] = click.Choice(sorted(RETRYABLE_NAMES))
         fn = click.option(*flags, f.name, **kw)(fn)
@@ -193,7 +198,7 @@ def submit(ctx: click.Context, script_file: str | None, from_file: Any, grid: tu
 
 # ---------------------------------------------------------------------------- logs
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--stderr", "stderr_", is_flag=True, help="Show stderr instead of stdout.")
 @click.option("--tail", "-n", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: latest).")
@@ -213,7 +218,8 @@ def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, atte
 
 # ---------------------------------------------------------------------------- sync / daemon
 @cli.command()
-@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).",
+              shell_complete=complete_clusters)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
 @click.pass_context
 def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
@@ -245,7 +251,8 @@ def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
 @cli.command()
 @click.option("--interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between cycles (with +-10% jitter).")  # fmt: skip
-@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).",
+              shell_complete=complete_clusters)
 @click.option("--max-cycles", type=click.IntRange(min=1), help="Stop after this many cycles.")
 @click.pass_context
 def daemon(ctx: click.Context, interval: float, clusters: tuple[str, ...], max_cycles: int | None) -> None:
@@ -276,6 +283,7 @@ def config_cmd(ctx: click.Context) -> None:
 
 cli.add_command(tasks)
 cli.add_command(projects)
+cli.add_command(clusters)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("report",),
     ("transport",),
     ("backends",),
+    ("doctor",),
     ("registry_queries",),
     ("registry",),
     ("options",),
@@ -35,7 +36,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("projects",),
     ("api", "daemon", "testing"),
     ("cli_common",),
+    ("cli_complete",),
     ("cli_tasks", "cli_projects"),
+    ("cli_clusters",),
     ("cli", "__init__"),
     ("__main__",),
 ]
