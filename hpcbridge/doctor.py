@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ClusterConfig, Config, load_config
 from .errors import HpcBridgeError
+from .models import CommandResult
 from .slurm import limits as sl
 from .slurm.commands import command_path, scrub_env
 
@@ -110,7 +111,7 @@ class Probe:
     def bin(self, name: str) -> str:
         return command_path(name, self.cluster.slurm_bin_dir)
 
-    def run(self, argv: Sequence[str], what: str) -> Any:
+    def run(self, argv: Sequence[str], what: str) -> CommandResult:
         assert self.transport is not None
         return self.transport.run(scrub_env(argv), what=what, timeout=self.cluster.command_timeout)
 

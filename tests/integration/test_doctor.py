@@ -47,6 +47,20 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {c["name"]: c for c in report["checks"]}
 
 
+def _new_key(tmp_path: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key pair: (private key file, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "other_id_ed25519"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))  # fmt: skip
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return path, public.decode()
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     (tmp_path / ".ssh").mkdir(mode=0o700)
@@ -115,6 +129,33 @@ def test_broken_clusters_fail_with_the_fix_and_the_others_still_pass(
     again = hpcb(home, "--config", str(cfg), "clusters", "check", "newkey", "--json")
     assert again.returncode == 0, again.stdout
     assert {c["status"] for c in checks(json.loads(again.stdout)[0]).values()} == {"ok"}
+
+
+def test_changed_key_wrong_login_key_and_trust_on_first_use(
+    lab_config: Path, lab_cluster: ClusterConfig, home: Path
+) -> None:
+    other_key, other_public = _new_key(home)
+    changed = home / "changed_known_hosts"
+    changed.write_text(f"[{lab_cluster.host}]:{lab_cluster.port} {other_public}\n")
+    tofu = home / "tofu_known_hosts"
+    cfg = home / "c.toml"
+    cfg.write_text(entry("changed", lab_cluster, known_hosts=str(changed)) + "\n"
+                   + entry("badlogin", lab_cluster, identity_file=str(other_key)) + "\n"
+                   + entry("tofu", lab_cluster, known_hosts=str(tofu), accept_new_host_keys=True))  # fmt: skip
+    res = hpcb(home, "--config", str(cfg), "clusters", "check", "--json")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    reports = {r["cluster"]: checks(r) for r in json.loads(res.stdout)}
+    key = reports["changed"]["host key"]
+    assert key["status"] == "fail" and "HAS CHANGED" in key["detail"] and "ssh-keygen -R" in key["fix"]
+    assert reports["changed"]["auth"]["status"] == "skip"
+    login = reports["badlogin"]
+    assert login["host key"]["status"] == "ok" and login["auth"]["status"] == "fail"
+    assert str(other_key) in login["auth"]["detail"] + login["auth"]["fix"]
+    assert login["slurm"]["status"] == "skip" and login["slurm"]["detail"] == "needs auth, which failed"
+    # accept_new_host_keys: the unknown key passes (said so), the login saves it
+    assert "will be trusted" in reports["tofu"]["host key"]["detail"]
+    assert {c["status"] for c in reports["tofu"].values()} == {"ok"}
+    assert f"[{lab_cluster.host}]:{lab_cluster.port} ssh-ed25519 " in tofu.read_text()
 
 
 def test_wrong_partition_and_unwritable_work_dir_fail_alone(

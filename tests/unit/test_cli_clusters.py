@@ -81,3 +81,13 @@ def test_add_refuses_a_bad_name_or_an_existing_one_before_connecting(tmp_path: P
     res = CliRunner().invoke(cli, ["--config", str(cfg), "clusters", "add", "b@d", "--host", "x"])
     assert res.exit_code == 1 and "error: " in res.output and "letters, digits" in res.output
     assert cfg.read_text() == '[clusters.hpc]\nbackend = "local"\n'
+
+
+def test_check_of_a_broken_config_is_one_failed_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[clusters.x]\nbackend = 'pbs'\n")
+    res = CliRunner().invoke(cli, ["--config", str(cfg), "clusters", "check"])
+    assert res.exit_code == 1
+    assert "FAIL  config" in res.output and "fix: allowed: ('local', 'slurm')" in res.output
+    data = json.loads(CliRunner().invoke(cli, ["--config", str(cfg), "clusters", "check", "--json"]).stdout)
+    assert data[0]["ok"] is False and data[0]["checks"][0]["status"] == "fail"

@@ -86,7 +86,8 @@ def test_zsh_and_fish_get_help_text(home: Path) -> None:
     assert zsh[:2] == ["plain", ids[0]] and zsh[2].startswith("succeeded run0")
     fish = complete(home, "fish", "hpcbridge tasks list -c ", cword="").stdout.splitlines()
     assert fish[0] == "plain,here\tlocal/local (default)" and "plain,hpc\tslurm/ssh" in fish
-    fish_ids = complete(home, "fish", "hpcbridge logs ", cword=ids[-1][:-1]).stdout.splitlines()
+    # fish passes the line up to the cursor and, apart, the token being completed
+    fish_ids = complete(home, "fish", f"hpcbridge logs {ids[-1][:-1]}", cword=ids[-1][:-1]).stdout.splitlines()
     assert fish_ids == [f"plain,{ids[-1]}\tsucceeded x"]
 
 
