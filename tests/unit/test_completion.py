@@ -60,7 +60,7 @@ def test_task_ids_newest_first_and_unique_prefixes(home: Path) -> None:
     everything = bash_values(complete(home, "bash", "hpcbridge tasks info "))
     assert everything == sorted(ids, reverse=True)
     # the shortest prefix that singles out each id completes to exactly that id
-    for tid in ids:
+    for tid in (ids[0], ids[-1]):  # the oldest and the newest (each call is a CLI start)
         n = next(n for n in range(1, len(tid) + 1) if sum(o.startswith(tid[:n]) for o in ids) == 1)
         assert bash_values(complete(home, "bash", f"hpcbridge tasks info {tid[:n]}")) == [tid]
     assert bash_values(complete(home, "bash", "hpcbridge logs zzz")) == []
@@ -125,20 +125,49 @@ def test_source_scripts(shell: str, marker: str) -> None:
     assert res.returncode == 0 and marker in res.stdout, res.stdout + res.stderr
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_itself_completes_a_prefix(home: Path, tmp_path: Path) -> None:
-    # The rc-file line of the README, then what bash does on TAB: call the function.
+def in_shell(home: Path, tmp_path: Path, argv: list[str], script: str) -> list[str]:
+    """Run ``script`` in a real shell with ``hpcbridge`` on PATH; its output lines."""
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed (scripts/test installs it)")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     exe = bindir / "hpcbridge"
     exe.write_text(f"#!/bin/sh\nexec {sys.executable} -m hpcbridge \"$@\"\n")
     exe.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCBRIDGE_")}
+    env.update(PATH=f"{bindir}:{env.get('PATH', '')}", HPCBRIDGE_CONFIG=str(home / "config.toml"),
+               HPCBRIDGE_DB=str(home / "registry.db"), HOME=str(tmp_path))  # fmt: skip
+    res = subprocess.run([*argv, script], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    return res.stdout.splitlines()
+
+
+def test_bash_itself_completes_a_prefix(home: Path, tmp_path: Path) -> None:
+    # The rc-file line of the README, then what bash does on TAB: call the function.
     tid = ids_of(home)[0]
     script = ('eval "$(_HPCBRIDGE_COMPLETE=bash_source hpcbridge)"\n'
               f"COMP_WORDS=(hpcbridge tasks info {tid[:-1]}); COMP_CWORD=3\n"
               '_hpcbridge_completion hpcbridge\nprintf "%s\\n" "${COMPREPLY[@]}"\n')  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCBRIDGE_")}
-    env.update(PATH=f"{bindir}:{env.get('PATH', '')}", HPCBRIDGE_CONFIG=str(home / "config.toml"),
-               HPCBRIDGE_DB=str(home / "registry.db"))  # fmt: skip
-    res = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=30)
-    assert res.stdout.split() == [tid], res.stdout + res.stderr
+    assert in_shell(home, tmp_path, ["bash", "--norc", "-c"], script) == [tid]
+
+
+def test_fish_itself_completes(home: Path, tmp_path: Path) -> None:
+    # The README's config.fish line, then fish's own `complete -C` (what TAB shows).
+    tid = ids_of(home)[1]
+    script = ("_HPCBRIDGE_COMPLETE=fish_source hpcbridge | source\n"
+              f'complete -C "hpcbridge tasks info {tid[:-1]}"\ncomplete -C "hpcbridge projects show "\n')  # fmt: skip
+    assert in_shell(home, tmp_path, ["fish", "--no-config", "-c"], script) == [
+        f"{tid}\tsucceeded run1", "demo", "other"]
+
+
+def test_zsh_itself_runs_the_completion_function(home: Path, tmp_path: Path) -> None:
+    # The README's .zshrc line after compinit, then the function zsh calls on TAB, with
+    # words/CURRENT set as zsh sets them; only the display builtins print instead.
+    tid = ids_of(home)[2]
+    script = ('autoload -U compinit && compinit -u -D\n'
+              'eval "$(_HPCBRIDGE_COMPLETE=zsh_source hpcbridge)"\n'
+              '_describe() { print -rl -- "${(@P)3}"; }\n'
+              'compadd() { print -rl -- "${(@P)${@[-1]}}"; }\n'
+              f"words=(hpcbridge tasks info {tid[:-1]}); CURRENT=4; _hpcbridge_completion\n"
+              'words=(hpcbridge projects show ""); CURRENT=4; _hpcbridge_completion\n')  # fmt: skip
+    assert in_shell(home, tmp_path, ["zsh", "-f", "-c"], script) == [f"{tid}:succeeded run2", "demo", "other"]
