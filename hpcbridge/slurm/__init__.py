@@ -53,6 +53,7 @@ from .commands import (
     token_from_comment,
 )
 from .hostlist import compress_hostlist, expand_hostlist
+from .limits import ClusterLimits, parse_limits, parse_scontrol_config
 from .parse import (
     BadRow,
     Unreadable,
@@ -91,6 +92,9 @@ from .states import (
 )
 
 __all__ = [
+    "ClusterLimits",
+    "parse_limits",
+    "parse_scontrol_config",
     "COMMENT_PREFIX",
     "COMPACT_CODES",
     "FLAG_PRECEDENCE",
