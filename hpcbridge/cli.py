@@ -13,6 +13,7 @@ import sys
 import click
 
 from .cli_common import EXIT_ERROR, Group, service
+from .cli_complete import complete_clusters, complete_task_ids
 
 
 def _setup_logging(verbose: int) -> None:
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, config: str | None, db: str | None, verbose: int) ->
 
 # ---------------------------------------------------------------------------- logs
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--stderr", "stderr_", is_flag=True, help="Show stderr instead of stdout.")
 @click.option("--tail", "-n", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: latest).")
@@ -58,7 +59,8 @@ def logs(ctx: click.Context, task_id: str, stderr_: bool, tail: int | None, atte
 
 # ---------------------------------------------------------------------------- sync / daemon
 @cli.command()
-@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).",
+              shell_complete=complete_clusters)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
 @click.pass_context
 def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
@@ -90,7 +92,8 @@ def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
 @cli.command()
 @click.option("--interval", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Seconds between cycles (with +-10% jitter).")  # fmt: skip
-@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).")
+@click.option("--cluster", "-c", "clusters", multiple=True, help="Only this cluster (repeatable).",
+              shell_complete=complete_clusters)
 @click.option("--max-cycles", type=click.IntRange(min=1), help="Stop after this many cycles.")
 @click.pass_context
 def daemon(ctx: click.Context, interval: float, clusters: tuple[str, ...], max_cycles: int | None) -> None:
@@ -124,6 +127,7 @@ cli.add_lazy_command("submit", "hpcbridge.cli_submit:submit")
 cli.add_lazy_command("tasks", "hpcbridge.cli_tasks:tasks")
 cli.add_lazy_command("projects", "hpcbridge.cli_projects:projects")
 cli.add_lazy_command("report", "hpcbridge.cli_report:report")
+cli.add_lazy_command("clusters", "hpcbridge.cli_clusters:clusters")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import click
 
 from . import projects as proj
 from .cli_common import EXIT_ERROR, Group, service
+from .cli_complete import complete_projects
 from .lifecycle import TaskState
 from .models import Task
 from .report import duration, task_summary
@@ -82,7 +83,7 @@ def projects_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @projects.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Show at most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (summary and tasks).")
 @click.pass_context
@@ -111,7 +112,7 @@ def projects_show(ctx: click.Context, name: str, limit: int | None, as_json: boo
 
 
 @projects.command("wait")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit status 3).")
 @click.pass_context
 def projects_wait(ctx: click.Context, name: str, timeout: float | None) -> None:
@@ -139,7 +140,7 @@ def projects_wait(ctx: click.Context, name: str, timeout: float | None) -> None:
 
 
 @projects.command("download")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.option("--dir", "-d", "dest", type=click.Path(file_okay=False),
               help="Target dir (default ./NAME); each task's outputs go to DIR/ID/, and DIR/tasks.json "
                    "lists ids, states, parameters and files.")  # fmt: skip
@@ -157,7 +158,7 @@ def projects_download(ctx: click.Context, name: str, dest: str | None) -> None:
 
 
 @projects.command("kill")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_projects)
 @click.pass_context
 def projects_kill(ctx: click.Context, name: str) -> None:
     """Cancel every unfinished task of the project (one scancel per cluster)."""

@@ -13,6 +13,7 @@ import click
 
 from . import projects as proj
 from .cli_common import EXIT_ERROR, parse_pairs, progress_printer, service
+from .cli_complete import complete_clusters, complete_projects, complete_task_ids
 from .errors import UsageError
 from .lifecycle import RETRYABLE_NAMES, TaskState
 from .options import SubmitOptions, option_fields
@@ -29,6 +30,7 @@ _FLAGS: dict[str, tuple[str, ...]] = {
     "sbatch_options": ("--sbatch-option",),
 }  # fmt: skip
 _NOT_OPTIONS = ("command", "script")  # the argument after `--`, and --script FILE
+_COMPLETE = {"cluster": complete_clusters, "project": complete_projects, "after": complete_task_ids}
 
 
 def _submit_options(fn: Any) -> Any:
@@ -50,6 +52,8 @@ def _submit_options(fn: Any) -> Any:
             kw["type"] = click.Path(exists=True)
         if f.name == "retry_on":
             kw["type"] = click.Choice(sorted(RETRYABLE_NAMES))
+        if f.name in _COMPLETE:
+            kw["shell_complete"] = _COMPLETE[f.name]
         fn = click.option(*flags, f.name, **kw)(fn)
     return fn
 

@@ -11,6 +11,7 @@ import click
 
 from . import projects as proj
 from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
+from .cli_complete import complete_clusters, complete_projects, complete_task_ids
 from .errors import UsageError
 from .lifecycle import TaskState
 from .models import Task
@@ -30,8 +31,8 @@ def tasks() -> None:
 @click.option("--state", "-s", "states", multiple=True, type=click.Choice([s.value for s in TaskState]),
               help="Only tasks in this state (repeatable).")  # fmt: skip
 @click.option("--active", is_flag=True, help="Only tasks that are not finished.")
-@click.option("--cluster", "-c", help="Only tasks on this cluster.")
-@click.option("--project", "-P", help="Only tasks of this project.")
+@click.option("--cluster", "-c", help="Only tasks on this cluster.", shell_complete=complete_clusters)
+@click.option("--project", "-P", help="Only tasks of this project.", shell_complete=complete_projects)
 @click.option("--meta", "-m", "meta", multiple=True, metavar="KEY[=VALUE]",
               help="Only tasks whose metadata KEY is exactly VALUE, or (without =VALUE) that "
                    "have KEY (repeatable: all must hold).")  # fmt: skip
@@ -137,7 +138,7 @@ def _pct(x: Any) -> str:
 
 
 @tasks.command("info")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
               help="Log lines shown when the task did not succeed.")  # fmt: skip
@@ -149,7 +150,7 @@ def tasks_info(ctx: click.Context, task_id: str, as_json: bool, lines: int) -> N
 
 
 @tasks.command("kill")
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, shell_complete=complete_task_ids)
 @click.pass_context
 def tasks_kill(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
     """Cancel tasks (scancel for Slurm jobs; confirmed by the scheduler)."""
@@ -166,7 +167,7 @@ def tasks_kill(ctx: click.Context, task_ids: tuple[str, ...]) -> None:
 
 
 @tasks.command("wait")
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, shell_complete=complete_task_ids)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit status 3).")
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
               help="Log lines shown for each task that did not succeed.")  # fmt: skip
@@ -192,7 +193,7 @@ def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | N
 
 
 @tasks.command("top")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per sample).")
 @click.option("--watch", "-w", "watch", type=click.FloatRange(min=1), is_flag=False, flag_value=5.0,
               default=None, help="Sample again every SECS seconds (default 5) until the task ends.")  # fmt: skip
@@ -220,7 +221,7 @@ def _format_top(t: Mapping[str, Any]) -> str:
 
 
 @tasks.command("meta")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.argument("pairs", nargs=-1)
 @click.option("--delete", "-d", "deletes", multiple=True, help="Remove this key (repeatable).")
 @click.pass_context
@@ -235,7 +236,7 @@ def tasks_meta(ctx: click.Context, task_id: str, pairs: tuple[str, ...], deletes
 
 
 @tasks.command("download")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--dir", "-d", "dest", type=click.Path(file_okay=False), help="Target dir (default ./ID).")
 @click.pass_context
 def tasks_download(ctx: click.Context, task_id: str, dest: str | None) -> None:
@@ -260,7 +261,7 @@ def _show_path(path: str) -> str:
 
 
 @tasks.command("files")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--json", "as_json", is_flag=True, help="JSON: work_dir, files (path, size, "
               "mtime, meta), newest (path, age_seconds).")  # fmt: skip
 @click.pass_context
@@ -288,7 +289,7 @@ def tasks_files(ctx: click.Context, task_id: str, as_json: bool) -> None:
 
 
 @tasks.command("tail")
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @click.argument("path")
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
               help="Print the last N lines.")  # fmt: skip

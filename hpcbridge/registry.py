@@ -549,3 +549,33 @@ class Registry:
                 (cluster, tokens, now),
             )
         return 0.0 if tokens >= 0 else -tokens * 60.0 / rate_per_minute
+
+
+def peek_names(path: str | os.PathLike[str], column: str, prefix: str = "", *, limit: int = 200) -> list[tuple[str, ...]]:
+    """Read-only look-up for shell completion: values of ``column`` (``id``, ``project`` or
+    ``cluster``) starting with ``prefix``, newest first for ids. Never creates, migrates or
+    locks the file: a missing or foreign file gives ``[]``. Rows are ``(id, state, name)``
+    for ids and ``(value,)`` otherwise."""
+    if column not in ("id", "project", "cluster"):
+        raise ValueError(column)
+    file = Path(path)
+    if not file.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error:
+        return []
+    try:
+        # A range on the indexed column, not LIKE: '%' and '_' in what was typed stay literal.
+        bounds = (prefix, prefix + "\U0010ffff")
+        if column == "id":
+            sql = "SELECT id, state, name FROM tasks WHERE id >= ? AND id < ? ORDER BY id DESC LIMIT ?"
+        else:
+            sql = (f"SELECT DISTINCT {column} FROM tasks WHERE {column} >= ? AND {column} < ?"
+                   f" ORDER BY {column} LIMIT ?")  # fmt: skip
+        return [tuple("" if v is None else str(v) for v in row)
+                for row in conn.execute(sql, (*bounds, limit))]  # fmt: skip
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()

@@ -10,6 +10,9 @@
 * ``hostlist``: ``c[01,05],d[2-4]`` <-> node names.
 * ``bulk``: the bash scripts that submit many jobs / read many attempts' markers in one exec,
   and the parsers of their reports.
+* ``limits``: ``scontrol show config`` / ``sacctmgr`` associations and QOS / ``sinfo``
+  partitions / ``sbatch --version`` -> ``ClusterLimits`` (MaxArraySize, MaxJobCount, the
+  tightest MaxSubmitJobs), ``Partition`` (import it as ``hpcbridge.slurm.limits``).
 
 What runs these commands, over which transport, is ``hpcbridge.backends.slurm``.
 """
@@ -59,6 +62,7 @@ from .commands import (
     token_from_comment,
 )
 from .hostlist import compress_hostlist, expand_hostlist
+from .limits import ClusterLimits, parse_limits, parse_scontrol_config
 from .parse import (
     BadRow,
     Unreadable,
@@ -97,6 +101,9 @@ from .states import (
 )
 
 __all__ = [
+    "ClusterLimits",
+    "parse_limits",
+    "parse_scontrol_config",
     "COMMENT_PREFIX",
     "COMPACT_CODES",
     "FLAG_PRECEDENCE",

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("report_html",),
     ("transport",),
     ("backends",),
+    ("doctor",),
     ("registry_queries",),
     ("registry",),
     ("options",),
@@ -38,7 +39,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("reporting",),
     ("api", "daemon", "testing"),
     ("cli_common",),
+    ("cli_complete",),
     ("cli_tasks", "cli_projects", "cli_submit", "cli_report"),
+    ("cli_clusters",),
     ("cli", "__init__"),
     ("__main__",),
 ]
