@@ -12,7 +12,7 @@ import logging
 import posixpath
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import slurm
@@ -26,9 +26,10 @@ from ..errors import (
 )
 from ..lifecycle import TaskState
 from ..models import JobInfo, Task
-from ..paths import input_name, log_name, match_outputs
+from ..paths import input_name, log_name
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
+from .batch_fetch import FetchItem, fetch_batch
 from .slurm_files import SlurmFilesMixin
 from .slurm_monitor import SlurmMonitoring
 
@@ -328,15 +329,22 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
                 raise SchedulerUnavailable(f"cluster {self.cluster.name}: scancel failed: {res.stderr.strip()[-300:]}")
 
     def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
-        work = self.work_dir(task)
-        files = match_outputs(self.transport.list_files(work), task.spec.outputs)
-        copied = []
-        for rel in files:
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.transport.get(posixpath.join(work, rel), target)
-            copied.append(target)
-        return copied
+        got = self.fetch_outputs_many([task], {task.id: dest})[task.id]
+        if isinstance(got, HpcBridgeError):
+            raise got
+        return got
+
+    def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
+                           ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
+        """One remote command for all ``tasks`` (see :mod:`.batch_fetch`)."""
+        items = [FetchItem(t.id, posixpath.normpath(self.work_dir(t)), t.spec.outputs,
+                           Path(dests[t.id])) for t in tasks]  # fmt: skip
+        for item in items:
+            item.dest.mkdir(parents=True, exist_ok=True)
+        if not items:
+            return {}
+        self.commands += 1
+        return fetch_batch(self.transport, items, idle_timeout=self.cluster.command_timeout)
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
         path = posixpath.join(self.work_dir(task), log_name(attempt, stream))

@@ -32,6 +32,7 @@ from hpcbridge.errors import CommandTimeout, SchedulerError, SchedulerUnavailabl
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Resources, Task, TaskSpec
 from hpcbridge.testing import ReplayCall, ReplayTransport, Reply, reorder_columns, run_locally
+from hpcbridge.transport import LocalTransport
 from hpcbridge.transport.base import RemoteFileError
 
 S = TaskState
@@ -502,16 +503,20 @@ def test_cancel_with_the_controller_down_raises() -> None:
 
 
 def test_fetch_outputs_and_logs_go_through_the_transport_files(tmp_path: Path) -> None:
-    transport = ReplayTransport()
+    # The fetch streams a tar through a real bash/find/tar (it converses with the command,
+    # which a replayed reply cannot), so it runs over LocalTransport; logs go through files.
+    work = tmp_path / "cluster"
+    backend = SlurmBackend(cluster(work_dir=str(work)), LocalTransport(home=tmp_path))
     task = make_task("t1", outputs=("*.json",))
-    transport.write_text(f"{WORK}/t1/result.json", "{}")
-    transport.write_text(f"{WORK}/t1/scratch.bin", "x")
-    transport.write_text(f"{WORK}/t1/.hpcbridge/attempt-1.out", "one\ntwo\nthree\n")
-    backend = SlurmBackend(cluster(), transport)
-    got = backend.fetch_outputs(task, tmp_path)
-    assert got == [tmp_path / "result.json"] and (tmp_path / "result.json").read_text() == "{}"
+    (work / "t1" / ".hpcbridge").mkdir(parents=True)
+    (work / "t1" / "result.json").write_text("{}")
+    (work / "t1" / "scratch.bin").write_text("x")
+    (work / "t1" / ".hpcbridge" / "attempt-1.out").write_text("one\ntwo\nthree\n")
+    dest = tmp_path / "out"
+    got = backend.fetch_outputs(task, dest)
+    assert got == [dest / "result.json"] and (dest / "result.json").read_text() == "{}"
     assert backend.read_log(task, 1, "stdout", 2) == "two\nthree\n"
-    assert backend.read_log(task, 1, "stderr", None) == ""  # no log yet: empty, not an error
+    assert backend.read_log(make_task("t2"), 1, "stderr", None) == ""  # no log yet: empty
 
 
 def test_a_token_only_attempt_whose_submission_script_still_runs_is_submitting_not_absent() -> None:

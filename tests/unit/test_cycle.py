@@ -255,14 +255,17 @@ def test_one_task_that_breaks_the_cycle_is_recorded_and_the_others_go_on(svc, fa
     fake.set_state("good", None, S.SUCCEEDED)
     fake.set_state("bad", None, S.SUCCEEDED)
     fake.set_outputs("good", {"out.txt": "ok"})
-    real_fetch = fake.fetch_outputs
+    real_fetch = fake.fetch_outputs_many
 
-    def fetch(task, dest):
-        if task.name == "bad":
+    class Boom:  # a result whose handling breaks, for that one task
+        def __iter__(self):
             raise RuntimeError("boom in fetch")
-        return real_fetch(task, dest)
 
-    fake.fetch_outputs = fetch  # type: ignore[method-assign]
+    def fetch(tasks, dests):
+        got = real_fetch(tasks, dests)
+        return {tid: Boom() if tid == bad.id else files for tid, files in got.items()}
+
+    fake.fetch_outputs_many = fetch  # type: ignore[method-assign]
     report = svc.sync_cluster("lab")
     assert svc.get(good.id).state == S.SUCCEEDED
     b = svc.get(bad.id)
