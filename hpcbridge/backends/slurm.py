@@ -26,11 +26,12 @@ from ..errors import (
 )
 from ..lifecycle import TaskState
 from ..models import JobInfo, Task
-from ..paths import input_name, log_name
+from ..paths import log_name
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
 from .batch_fetch import FetchItem, fetch_batch
 from .slurm_files import SlurmFilesMixin
+from .slurm_inputs import stage_inputs
 from .slurm_monitor import SlurmMonitoring
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,11 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         connect = getattr(self.transport, "connect", None)
         if connect is not None:
             connect()
-        out: dict[str, str | HpcBridgeError] = {}
-        for task in tasks:
-            try:
-                for src in task.spec.inputs:
-                    self.transport.put(Path(src), posixpath.join(dirs[task.id], input_name(src)))
-                out[task.id] = dirs[task.id]
-            except TransportError:
-                raise
-            except HpcBridgeError as exc:
-                out[task.id] = exc
-            except OSError as exc:
-                out[task.id] = HpcBridgeError(f"cannot upload inputs of task {task.id}: {exc}")
-        return out
+        if not any(t.spec.inputs for t in tasks):
+            return dict(dirs)
+        errors = stage_inputs(self.transport, self.base_dir(), tasks, dirs,
+                              timeout=self.cluster.command_timeout)  # fmt: skip
+        return {t.id: errors.get(t.id, dirs[t.id]) for t in tasks}
 
     # -- submission ---------------------------------------------------------------------
     def render(self, req: SubmitRequest) -> str:

@@ -336,14 +336,19 @@ def test_without_accounting_markers_are_the_only_fallback_and_sacct_is_not_asked
 
 
 def test_prepare_uploads_inputs_into_each_work_dir(tmp_path: Path) -> None:
+    # Inputs are placed by a real bash (hard link or copy) over LocalTransport; see also
+    # tests/unit/test_shared_inputs.py.
     params = tmp_path / "params.json"
     params.write_text('{"n": 64}')
-    transport = ReplayTransport()
+    work = tmp_path / "cluster"
     task = make_task("t1")
     task = replace(task, spec=replace(task.spec, inputs=(str(params),)))
-    dirs = SlurmBackend(cluster(), transport).prepare([task, make_task("t2")])
-    assert dirs == {"t1": f"{WORK}/t1", "t2": f"{WORK}/t2"}
-    assert transport.files[f"{WORK}/t1/params.json"] == b'{"n": 64}'
+    dirs = SlurmBackend(cluster(work_dir=str(work)), LocalTransport(home=tmp_path)).prepare(
+        [task, make_task("t2")])
+    assert dirs == {"t1": f"{work}/t1", "t2": f"{work}/t2"}
+    assert (work / "t1" / "params.json").read_bytes() == b'{"n": 64}'
+    transport = ReplayTransport()
+    SlurmBackend(cluster(), transport).prepare([make_task("t3")])
     assert transport.calls[0].method == "connect"  # unreachable fails before the write-ahead
 
 
@@ -356,7 +361,7 @@ def test_prepare_on_an_unreachable_cluster_raises_before_any_upload(tmp_path: Pa
 
 def test_prepare_a_failed_upload_fails_that_task_alone(tmp_path: Path) -> None:
     (tmp_path / "in.dat").write_text("x")
-    transport = ReplayTransport().fail(
+    transport = ReplayTransport().on("bash", "").fail(  # the probe: nothing uploaded before
         "put", RemoteFileError("put: permission denied: /home/hpcb/hpcbridge/t1/in.dat",
                                path="/home/hpcb/hpcbridge/t1/in.dat"))  # fmt: skip
     t1 = make_task("t1")
