@@ -7,8 +7,9 @@ nothing is held in memory but one chunk) and a member is written only when
 
 * it is a regular file (no symlink, hard link, device, FIFO or directory entry: hpcbridge
   asked for regular files only, so anything else is refused, not interpreted);
-* its name is exactly ``<key>/<path>`` for a ``<path>`` that was requested for ``<key>``
-  (which also rules out absolute names, ``..`` and names nobody asked for) and arrives once;
+* its name is exactly one of the names requested (which rules out absolute names, ``..`` and
+  names nobody asked for), it arrives once, and the path it maps to under its task's
+  destination is plain (no ``..``, no empty or ``.`` component);
 * the directory it lands in, symlinks resolved, is still inside that key's destination (a
   symlink left in the destination by an earlier run cannot redirect the write).
 
@@ -24,7 +25,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -64,22 +65,24 @@ def _inside(path: Path, root: Path) -> bool:
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def extract_outputs(fileobj: io.IOBase | io.BufferedIOBase, wanted: Mapping[str, set[str]],
+def extract_outputs(fileobj: io.IOBase | io.BufferedIOBase,
+                    wanted: Mapping[str, Sequence[tuple[str, str]]],
                     dests: Mapping[str, Path]) -> dict[str, list[Path]]:  # fmt: skip
-    """Write the members of the tar stream ``fileobj`` named ``<key>/<path>`` (``path`` in
-    ``wanted[key]``) to ``dests[key] / path``; return, per key, the files written, in stream
-    order (keys with nothing written map to ``[]``).
+    """Write each member of the tar stream ``fileobj`` whose name is a key of ``wanted`` to
+    ``dests[key] / path`` for every ``(key, path)`` it maps to (two tasks sharing a work dir
+    share the member; the second gets a local copy); return, per key of ``dests``, the files
+    written, in stream order.
 
     Raises :class:`UnsafeArchive` at the first member that is not a requested regular file
     (files already written stay: each was requested and is complete) and a transient
     ``TransportError`` when the stream is not a tar archive or ends in the middle of one."""
-    got: dict[str, list[Path]] = {key: [] for key in wanted}
+    got: dict[str, list[Path]] = {key: [] for key in dests}
     seen: set[str] = set()
+    safe_dirs: set[Path] = set()  # directories already checked to lie inside their dest
     try:
         with tarfile.open(fileobj=fileobj, mode="r|") as tar:
             for member in tar:
-                key, _, rel = member.name.partition("/")
-                if member.name in seen or key not in wanted or rel not in wanted[key]:
+                if member.name in seen or member.name not in wanted:
                     raise UnsafeArchive(f"output stream: refused member {member.name!r}: "
                                         "not one of the files requested")  # fmt: skip
                 if not member.isreg():
@@ -87,24 +90,43 @@ def extract_outputs(fileobj: io.IOBase | io.BufferedIOBase, wanted: Mapping[str,
                                         "not a regular file (links and devices are never "
                                         "extracted)")  # fmt: skip
                 seen.add(member.name)
-                dest = dests[key]
-                target = dest / rel
-                existing = target.parent
-                while not existing.exists() and existing != dest:
-                    existing = existing.parent
-                # Checked before mkdir (which would follow a symlink) and after it.
-                if not _inside(existing, dest) or not _mkdirs(target.parent, dest):
-                    raise UnsafeArchive(f"output stream: refused member {member.name!r}: "
-                                        f"{target.parent} leads outside {dest} (a symlink)")  # fmt: skip
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has data
-                _write_atomic(source, target, member)
-                got[key].append(target)
+                first: Path | None = None
+                for key, rel in wanted[member.name]:
+                    target = _target(dests[key], rel, member.name, safe_dirs)
+                    if first is None:
+                        source = tar.extractfile(member)
+                        assert source is not None  # a regular file always has data
+                        _write_atomic(source, target, member)
+                        first = target
+                    else:
+                        with open(first, "rb") as again:
+                            _write_atomic(again, target, member)
+                    got[key].append(target)
     except tarfile.ReadError as exc:
         raise TransportError(f"output stream is damaged or ended early ({exc})",
                              hint="nothing changed on the cluster; the fetch is retried "
                                   "next cycle") from None  # fmt: skip
     return got
+
+
+def _target(dest: Path, rel: str, name: str, safe_dirs: set[Path]) -> Path:
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UnsafeArchive(f"output stream: refused member {name!r}: {rel!r} is not a plain "
+                            "relative path")  # fmt: skip
+    target = dest / rel
+    parent = target.parent
+    if parent in safe_dirs:
+        return target
+    existing = parent
+    while not existing.exists() and existing != dest:
+        existing = existing.parent
+    # Checked before mkdir (which would follow a symlink) and after it.
+    if not _inside(existing, dest) or not _mkdirs(parent, dest):
+        raise UnsafeArchive(f"output stream: refused member {name!r}: "
+                            f"{parent} leads outside {dest} (a symlink)")  # fmt: skip
+    safe_dirs.add(parent)
+    return target
 
 
 def _mkdirs(path: Path, dest: Path) -> bool:

@@ -330,8 +330,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
     def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
                            ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
         """One remote command for all ``tasks`` (see :mod:`.batch_fetch`)."""
-        items = [FetchItem(t.id, posixpath.normpath(self.work_dir(t)), t.spec.outputs,
-                           Path(dests[t.id])) for t in tasks]  # fmt: skip
+        # expand(): a custom relative work dir is relative to the remote home.
+        items = [FetchItem(t.id, posixpath.normpath(self.transport.expand(self.work_dir(t))),
+                           t.spec.outputs, Path(dests[t.id])) for t in tasks]  # fmt: skip
         for item in items:
             item.dest.mkdir(parents=True, exist_ok=True)
         if not items:

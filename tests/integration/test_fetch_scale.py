@@ -50,7 +50,7 @@ def test_50_finished_tasks_are_fetched_in_one_remote_command(service: Service, t
     specs = [{"command": ["bash", "-c", 'echo "$1" > result.txt; mkdir -p "sub dir"; '
                           'echo "csv $1" > "sub dir/$1.csv"; echo scratch > scratch.bin', "x", f"task-{i}"],
               "name": f"fetch-{i}", "cluster": "lab", "outputs": ["result.txt", "**/*.csv"],
-              "cpus": 1, "time": "00:02:00", "output_dir": str(tmp_path / "out" / f"t{i}")}
+              "cpus": 1, "time": "00:02:00"}
              for i in range(n)]  # fmt: skip
     tasks = service.submit_many(specs)
     ids = [t.id for t in tasks]
@@ -66,7 +66,7 @@ def test_50_finished_tasks_are_fetched_in_one_remote_command(service: Service, t
     assert counts["open_stream"] == 1, counts  # the fetch of 50 tasks: one command
     assert counts["get"] == 0 and counts["list_files"] == 0, counts
     for i in range(n):
-        out = tmp_path / "out" / f"t{i}"
+        out = Path(service.runtime.data_dir) / "outputs" / tasks[i].id
         files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         assert files == ["result.txt", f"sub dir/task-{i}.csv"], files
         assert (out / "result.txt").read_text() == f"task-{i}\n"
@@ -92,7 +92,7 @@ def test_a_shared_input_of_30_tasks_is_uploaded_once_and_every_job_sees_it(
                           'echo overwrite >> "shared mesh.dat" 2>/dev/null || echo read-only >> seen.txt',
                           "x", f"job-{i}"],
               "name": f"shared-{i}", "cluster": "lab", "inputs": [str(shared)], "outputs": ["seen.txt"],
-              "cpus": 1, "time": "00:02:00", "output_dir": str(tmp_path / "out" / f"t{i}")}
+              "cpus": 1, "time": "00:02:00"}
              for i in range(n)]  # fmt: skip
     tasks = service.submit_many(specs)
     assert puts == [shared]  # 30 tasks, one upload
@@ -101,4 +101,4 @@ def test_a_shared_input_of_30_tasks_is_uploaded_once_and_every_job_sees_it(
     for i, t in enumerate(tasks):
         assert service.get(t.id).state == S.SUCCEEDED, service.get(t.id).reason
         # Each job read the shared content, and could not change it for the others.
-        assert (tmp_path / "out" / f"t{i}" / "seen.txt").read_text() == f"{content}job-{i}\nread-only\n"
+        assert (Path(service.runtime.data_dir) / "outputs" / t.id / "seen.txt").read_text() == f"{content}job-{i}\nread-only\n"

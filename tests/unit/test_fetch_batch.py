@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge.backends.batch_fetch import encode_dirs, parse_listing
+from hpcbridge.backends.batch_fetch import FetchItem, Listing, ListingParser, encode_dirs, listing_error
 from hpcbridge.backends.safe_tar import UnsafeArchive, extract_outputs
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.config import parse_config
-from hpcbridge.errors import RemoteFileNotFound, TransportError
+from hpcbridge.errors import RemoteFileError, RemoteFileNotFound, TransportError
 from hpcbridge.lifecycle import TaskState as S
 from hpcbridge.models import Task, TaskSpec
 from hpcbridge.paths import match_outputs
@@ -118,11 +118,23 @@ def test_work_dirs_that_cannot_be_sent_are_refused() -> None:
         encode_dirs([""])
 
 
-def test_a_forged_listing_record_cannot_pose_as_control() -> None:
-    # A file named "E0" or "T1" arrives as "FE0" / "FT1": always a file record.
-    got = parse_listing([b"T0", b"FE0", b"FT1", b"E0", b"T1", b"Emissing", b"Qjunk"], 2)
-    assert got[0].files == ["E0", "T1"] and got[0].status == "0"
-    assert got[1].status == "missing" and got[1].files == []
+def test_a_file_name_cannot_pose_as_a_control_record() -> None:
+    # A file named "Z" (the end record) or "M0" arrives as the second record of an F pair.
+    p = ListingParser(["/w/a", "/w/b", "/w/c"])
+    rest = p.feed(b"M1\0F/w/a/\0Z\0F/w/a/\0M0\0N2\0E0\0R\0Z\0tarbytes")
+    assert p.done and rest == b"tarbytes"
+    assert p.listing.files == [["Z", "M0"], [], []]
+    assert p.listing.status == ["", "missing", "notdir"]
+
+
+def test_the_listing_may_arrive_in_any_chunks() -> None:
+    data = b"F/w/a/\0x.txt\0F/w/a/\0sub/y\0E0\0R\0Z\0rest"
+    for size in (1, 2, 3, 7):
+        p = ListingParser(["/w/a/"])
+        rest = b""
+        for i in range(0, len(data), size):
+            rest += p.feed(data[i:i + size]) if not p.done else data[i:i + size]
+        assert p.done and p.listing.files == [["x.txt", "sub/y"]] and rest == b"rest"
 
 
 # ------------------------------------------------------------------ malicious tar streams
@@ -165,7 +177,7 @@ def device(name: str) -> tuple[tarfile.TarInfo, None]:
 def test_extraction_refuses_what_was_not_asked_for(tmp_path: Path, member) -> None:
     dest = tmp_path / "dest" / "t0"
     with pytest.raises(UnsafeArchive):
-        extract_outputs(tar_of(member), {"0": {"out.txt"}, "1": set()},
+        extract_outputs(tar_of(member), {"0/out.txt": [("0", "out.txt")]},
                         {"0": dest, "1": tmp_path / "dest" / "t1"})  # fmt: skip
     assert not (tmp_path / "evil").exists() and not Path("/etc/evil").exists()
     assert not (dest / "out.txt").is_symlink()
@@ -179,19 +191,20 @@ def test_extraction_never_writes_through_a_symlink_left_in_the_destination(tmp_p
     dest.mkdir()
     os.symlink(outside, dest / "sub")
     with pytest.raises(UnsafeArchive, match="leads outside"):
-        extract_outputs(tar_of(reg("0/sub/deeper/x")), {"0": {"sub/deeper/x"}}, {"0": dest})
+        extract_outputs(tar_of(reg("0/sub/deeper/x")), {"0/sub/deeper/x": [("0", "sub/deeper/x")]},
+                        {"0": dest})
     assert list(outside.iterdir()) == []
 
 
 def test_a_duplicate_member_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchive):
-        extract_outputs(tar_of(reg("0/a"), reg("0/a")), {"0": {"a"}}, {"0": tmp_path})
+        extract_outputs(tar_of(reg("0/a"), reg("0/a")), {"0/a": [("0", "a")]}, {"0": tmp_path})
 
 
 def test_a_truncated_stream_is_a_transient_error_and_leaves_no_partial_file(tmp_path: Path) -> None:
     data = tar_of((tarfile.TarInfo("0/big"), b"x" * 100_000)).getvalue()
     with pytest.raises(TransportError) as exc:
-        extract_outputs(io.BytesIO(data[:20_000]), {"0": {"big"}}, {"0": tmp_path})
+        extract_outputs(io.BytesIO(data[:20_000]), {"0/big": [("0", "big")]}, {"0": tmp_path})
     assert exc.value.transient
     assert list(tmp_path.iterdir()) == []
 
@@ -199,7 +212,35 @@ def test_a_truncated_stream_is_a_transient_error_and_leaves_no_partial_file(tmp_
 def test_modes_are_tamed_and_content_is_kept(tmp_path: Path) -> None:
     info, data = tarfile.TarInfo("0/run.sh"), b"#!/bin/sh\n"
     info.mode = 0o4777
-    got = extract_outputs(tar_of((info, data)), {"0": {"run.sh"}}, {"0": tmp_path})
+    got = extract_outputs(tar_of((info, data)), {"0/run.sh": [("0", "run.sh")]}, {"0": tmp_path})
     assert got == {"0": [tmp_path / "run.sh"]}
     assert (tmp_path / "run.sh").read_bytes() == data
     assert (tmp_path / "run.sh").stat().st_mode & 0o7777 == 0o744
+
+
+@pytest.mark.parametrize("rel", ["../evil", "a/../../evil", "/etc/evil", "", "a//b", "./a"])
+def test_a_requested_name_mapping_outside_its_destination_is_refused(tmp_path: Path, rel: str) -> None:
+    dest = tmp_path / "dest"
+    with pytest.raises(UnsafeArchive):
+        extract_outputs(tar_of(reg("w/x")), {"w/x": [("0", rel)]}, {"0": dest})
+    assert not (tmp_path / "evil").exists()
+
+
+def test_two_tasks_sharing_a_work_dir_each_get_the_file(tmp_path: Path) -> None:
+    b = backend(tmp_path)
+    shared = tmp_path / "cluster" / "shared"
+    write(shared / "o.txt", "both")
+    a, c = task("a", ("*.txt",), work_dir=str(shared)), task("c", ("*.txt",), work_dir=str(shared))
+    got = b.fetch_outputs_many([a, c], {"a": tmp_path / "A", "c": tmp_path / "C"})
+    assert got == {"a": [tmp_path / "A" / "o.txt"], "c": [tmp_path / "C" / "o.txt"]}
+    assert (tmp_path / "C" / "o.txt").read_text() == "both"
+
+
+def test_find_s_complaint_about_one_work_dir_fails_that_task_alone() -> None:
+    # find's real message format for an unreadable subdirectory (GNU findutils 4.9).
+    listing = Listing(files=[[], []], status=["", ""], find_status=123,
+                      find_err="find: '/w/a/sub': Permission denied")
+    items = [FetchItem("a", "/w/a", ("*",), Path("/x")), FetchItem("b", "/w/b", ("*",), Path("/y"))]
+    err = listing_error(items[0], "", listing)
+    assert isinstance(err, RemoteFileError) and "Permission denied" in err.message
+    assert listing_error(items[1], "", listing) is None
