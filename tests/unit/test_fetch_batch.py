@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge.backends.batch_fetch import FetchItem, Listing, ListingParser, encode_dirs, listing_error
+from hpcbridge.backends.batch_fetch import (
+    FetchItem,
+    Listing,
+    ListingParser,
+    encode_dirs,
+    listing_error,
+)
 from hpcbridge.backends.safe_tar import UnsafeArchive, extract_outputs
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.config import parse_config
