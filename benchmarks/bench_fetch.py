@@ -12,11 +12,17 @@ hpcbridge's marker dir that are not outputs), then both paths fetch them into fr
 dirs through the same SSH connection. Reported per N (medians): wall time, command
 executions (``transport.stats.round_trips``), SFTP requests, and the ratio per-task / batched.
 Both paths must bring back exactly the same files with the same content, or the run fails.
+
+Then the inputs (``--inputs-ns``): N tasks of one submission sharing one input file (256 KiB,
+new content each repeat), staged by ``SlurmBackend.prepare`` (uploaded once to the
+content-addressed store, hard-linked into each work dir) against the per-task upload it
+replaced (one SFTP put per task), and a second sweep with the same file (nothing uploaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -84,10 +90,42 @@ def measure(backend: SlurmBackend, fn: Any, tasks: list[Task], dest: Path) -> di
             "bytes_down": d["bytes_down"]}  # fmt: skip
 
 
+def bench_inputs(backend: SlurmBackend, base: str, n: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {"per_task": [], "shared": [], "shared_again": []}
+    for r in range(repeats):
+        src = tmp / f"mesh-{n}-{r}.dat"
+        src.write_bytes(os.urandom(256 * 1024))
+        now = time.time()
+        spec = TaskSpec(command=("true",), name="bench", cluster="lab", inputs=(str(src),))
+        tasks = [Task(id=f"in{n}-{r}-{i}", spec=spec, state=TaskState.CREATED, metadata={},
+                      created_at=now, updated_at=now, work_dir=f"{base}/in{n}-{r}-{i}")
+                 for i in range(n)]  # fmt: skip
+
+        def per_task(b: SlurmBackend, ts: list[Task], _d: Path) -> None:
+            for t in ts:  # the old SlurmBackend.prepare: one put per task per input
+                local = Path(t.spec.inputs[0])
+                b.transport.put(local, f"{base}/old-{t.id}/{local.name}")
+
+        def shared(b: SlurmBackend, ts: list[Task], _d: Path) -> None:
+            bad = {k: v for k, v in b.prepare(ts).items() if not isinstance(v, str)}
+            if bad:
+                raise RuntimeError(f"prepare errors: {bad}")
+
+        runs["per_task"].append(measure(backend, per_task, tasks, tmp))
+        runs["shared"].append(measure(backend, shared, tasks, tmp))
+        runs["shared_again"].append(measure(backend, shared, tasks, tmp))
+        check = C.as_lab_user(f"cmp {base}/in{n}-{r}-{n - 1}/{src.name} {base}/old-in{n}-{r}-0/{src.name} && echo same")
+        if "same" not in check.stdout:
+            raise SystemExit(f"inputs N={n}: the placed input differs from the uploaded one")
+    med = {k: {f: C.median([x[f] for x in v]) for f in v[0]} for k, v in runs.items()}
+    return {"runs": runs, "median": med}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ns", default="20,200,1000")
     ap.add_argument("-r", "--repeats", type=int, default=3)
+    ap.add_argument("--inputs-ns", default="20,200")
     args = ap.parse_args()
     C.check_lab()
     ns = C.parse_ns(args.ns)
@@ -120,14 +158,29 @@ def main() -> None:
                          int(med["per_task"]["sftp_ops"]), C.fmt(med["batched"]["wall_s"]),
                          int(med["batched"]["round_trips"]), int(med["batched"]["sftp_ops"]),
                          f"{C.median(ratios):.1f}x"])  # fmt: skip
+        inputs: dict[str, Any] = {}
+        in_rows = []
+        for n in C.parse_ns(args.inputs_ns):
+            got = inputs[str(n)] = bench_inputs(backend, base + "/inputs", n, args.repeats, tmp)
+            m = got["median"]
+            in_rows.append([n, C.fmt(m["per_task"]["wall_s"]), int(m["per_task"]["sftp_ops"]),
+                            C.fmt(m["shared"]["wall_s"]), int(m["shared"]["round_trips"]),
+                            int(m["shared"]["sftp_ops"]), C.fmt(m["shared_again"]["wall_s"]),
+                            int(m["shared_again"]["sftp_ops"]),
+                            f"{m['per_task']['wall_s'] / m['shared']['wall_s']:.1f}x"])  # fmt: skip
     finally:
         C.remove_lab_dirs([base])
         backend.close()
     table = C.print_table(
         ["N", "per-task s", "execs", "sftp ops", "batched s", "execs", "sftp ops", "per-task/batched"],
         rows, title=f"fetch of N tasks' outputs (2 files each), median of {args.repeats}")  # fmt: skip
+    in_table = C.print_table(
+        ["N", "per-task put s", "sftp ops", "shared s", "execs", "sftp ops", "again s", "sftp ops",
+         "per-task/shared"],
+        in_rows, title=f"one 256 KiB input shared by N tasks, median of {args.repeats}")  # fmt: skip
     C.write_json("fetch", {"ns": ns, "repeats": args.repeats, "outputs": OUTPUTS,
-                           "results": results, "table": table})  # fmt: skip
+                           "results": results, "table": table, "inputs": inputs,
+                           "inputs_table": in_table})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -302,14 +302,14 @@ class LocalStream:
         try:
             self.proc.stdin.write(data)
             self.stats.add(bytes_up=len(data))
-        except (BrokenPipeError, ValueError):
-            pass  # the command exited without reading it all: finish() tells why
+        except (OSError, ValueError):
+            pass  # the command exited without reading it all (or was closed): finish() tells why
 
     def close_stdin(self) -> None:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.close()
-        except BrokenPipeError:
+        except OSError:
             pass
 
     def finish(self) -> tuple[int, str]:

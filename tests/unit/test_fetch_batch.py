@@ -11,6 +11,7 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,13 @@ from hpcbridge.backends.batch_fetch import (
     Listing,
     ListingParser,
     encode_dirs,
+    fetch_batch,
     listing_error,
 )
 from hpcbridge.backends.safe_tar import UnsafeArchive, extract_outputs
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.config import parse_config
-from hpcbridge.errors import RemoteFileError, RemoteFileNotFound, TransportError
+from hpcbridge.errors import CommandTimeout, RemoteFileError, RemoteFileNotFound, TransportError
 from hpcbridge.lifecycle import TaskState as S
 from hpcbridge.models import Task, TaskSpec
 from hpcbridge.paths import match_outputs
@@ -250,3 +252,34 @@ def test_find_s_complaint_about_one_work_dir_fails_that_task_alone() -> None:
     err = listing_error(items[0], "", listing)
     assert isinstance(err, RemoteFileError) and "Permission denied" in err.message
     assert listing_error(items[1], "", listing) is None
+
+
+# ------------------------------------------------------------------ broken streams
+class ScriptedStream(LocalTransport):
+    """Runs ``script`` instead of the fetch command: a remote side that misbehaves."""
+
+    def __init__(self, script: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.script = script
+
+    def open_stream(self, argv: Any, *, idle_timeout: float | None = None,
+                    what: str | None = None) -> Any:  # fmt: skip
+        return super().open_stream(["bash", "-c", self.script], idle_timeout=idle_timeout, what=what)
+
+
+@pytest.mark.parametrize("script, message", [
+    ("head -c 6 >/dev/null; printf 'F/w/a/\\0x\\0'; exit 3", "listing ended early"),
+    ("head -c 4 >/dev/null; printf 'E0\\0R\\0Z\\0'; echo this is not a tar stream", "damaged or ended early"),
+])
+def test_a_broken_stream_fails_the_whole_batch_with_a_transient_error(tmp_path: Path, script: str,
+                                                                      message: str) -> None:  # fmt: skip
+    items = [FetchItem("a", "/w/a", ("x",), tmp_path / "a")]
+    with pytest.raises(TransportError, match=message) as exc:
+        fetch_batch(ScriptedStream(script, home=tmp_path), items, idle_timeout=10)
+    assert exc.value.transient
+
+
+def test_a_stream_that_goes_quiet_times_out(tmp_path: Path) -> None:
+    with LocalTransport(home=tmp_path).open_stream(["sleep", "5"], idle_timeout=0.3) as stream:
+        with pytest.raises(CommandTimeout):
+            stream.read()
