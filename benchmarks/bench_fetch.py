@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--ns", default="20,200,1000")
     ap.add_argument("-r", "--repeats", type=int, default=3)
     ap.add_argument("--inputs-ns", default="20,200")
+    ap.add_argument("--name", default="fetch", help="results/<name>-<date>.json")
     args = ap.parse_args()
     C.check_lab()
     ns = C.parse_ns(args.ns)
@@ -178,7 +179,7 @@ def main() -> None:
         ["N", "per-task put s", "sftp ops", "shared s", "execs", "sftp ops", "again s", "sftp ops",
          "per-task/shared"],
         in_rows, title=f"one 256 KiB input shared by N tasks, median of {args.repeats}")  # fmt: skip
-    C.write_json("fetch", {"ns": ns, "repeats": args.repeats, "outputs": OUTPUTS,
+    C.write_json(args.name, {"ns": ns, "repeats": args.repeats, "outputs": OUTPUTS,
                            "results": results, "table": table, "inputs": inputs,
                            "inputs_table": in_table})  # fmt: skip
 

@@ -8,7 +8,8 @@ input). Now every regular-file input goes to a content-addressed store on the cl
 2. each missing one is uploaded once (SFTP, atomic), whatever the number of tasks using it;
    a file uploaded by an earlier sweep (same content, same name) is not uploaded again;
 3. one command places every (store file, work dir) pair: a hard link (no remote copy, no
-   extra disk), or a copy when the store and the work dir are on different file systems.
+   extra disk), or a copy when the store and the work dir are on different file systems
+   (one ``chmod``, one ``mkdir -p`` and one ``ln`` per pair on the cluster).
 
 Never a symlink. Store files are made read-only (``chmod a-w``) before they are linked: a hard
 link shares its inode, so a job that wrote its input in place would otherwise change the input
@@ -39,12 +40,19 @@ HASH_CHUNK = 1 << 20
 PROBE_SCRIPT = "while IFS= read -r -d '' p; do [ -f \"$p\" ] && printf '%s\\0' \"$p\"; done; exit 0"
 
 # stdin: NUL-terminated (store file, destination) pairs; prints the destinations that failed.
-PLACE_SCRIPT = (
-    "while IFS= read -r -d '' s && IFS= read -r -d '' d; do "
-    'chmod a-w -- "$s" 2>/dev/null; '
-    'mkdir -p -- "${d%/*}" && { ln -f -- "$s" "$d" 2>/dev/null || cp -f -- "$s" "$d"; } '
-    "|| printf '%s\\0' \"$d\"; done; exit 0"
-)
+# One chmod and one mkdir for all (through xargs: no argument list too long), then one ln
+# per destination (there is no "one file into many dirs" form of ln or cp).
+PLACE_SCRIPT = r"""s=() d=() p=()
+while IFS= read -r -d '' a && IFS= read -r -d '' b; do s+=("$a"); d+=("$b"); p+=("${b%/*}"); done
+[ "${#s[@]}" -gt 0 ] || exit 0
+printf '%s\0' "${s[@]}" | sort -zu | xargs -0 chmod a-w -- 2>/dev/null
+printf '%s\0' "${p[@]}" | sort -zu | xargs -0 mkdir -p -- 2>/dev/null
+for i in "${!s[@]}"; do
+  ln -f -- "${s[i]}" "${d[i]}" 2>/dev/null || cp -f -- "${s[i]}" "${d[i]}" 2>/dev/null ||
+    printf '%s\0' "${d[i]}"
+done
+exit 0
+"""
 
 
 @dataclass(frozen=True)
