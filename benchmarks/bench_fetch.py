@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
 from hpcbridge.backends.slurm import SlurmBackend  # noqa: E402
+from hpcbridge.backends.slurm_inputs import sha256_file  # noqa: E402
 from hpcbridge.config import load_config  # noqa: E402
 from hpcbridge.lifecycle import TaskState  # noqa: E402
 from hpcbridge.models import Task, TaskSpec  # noqa: E402
@@ -92,6 +93,7 @@ def measure(backend: SlurmBackend, fn: Any, tasks: list[Task], dest: Path) -> di
 
 def bench_inputs(backend: SlurmBackend, base: str, n: int, repeats: int, tmp: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {"per_task": [], "shared": [], "shared_again": []}
+    stores: list[str] = []  # the store dirs this benchmark filled, removed afterwards
     for r in range(repeats):
         src = tmp / f"mesh-{n}-{r}.dat"
         src.write_bytes(os.urandom(256 * 1024))
@@ -114,9 +116,11 @@ def bench_inputs(backend: SlurmBackend, base: str, n: int, repeats: int, tmp: Pa
         runs["per_task"].append(measure(backend, per_task, tasks, tmp))
         runs["shared"].append(measure(backend, shared, tasks, tmp))
         runs["shared_again"].append(measure(backend, shared, tasks, tmp))
+        stores.append(f"{backend.base_dir()}/.inputs/{sha256_file(src)}")
         check = C.as_lab_user(f"cmp {base}/in{n}-{r}-{n - 1}/{src.name} {base}/old-in{n}-{r}-0/{src.name} && echo same")
         if "same" not in check.stdout:
             raise SystemExit(f"inputs N={n}: the placed input differs from the uploaded one")
+    C.remove_lab_dirs(stores)
     med = {k: {f: C.median([x[f] for x in v]) for f in v[0]} for k, v in runs.items()}
     return {"runs": runs, "median": med}
 
@@ -172,6 +176,7 @@ def main() -> None:
     finally:
         C.remove_lab_dirs([base])
         backend.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     table = C.print_table(
         ["N", "per-task s", "execs", "sftp ops", "batched s", "execs", "sftp ops", "per-task/batched"],
         rows, title=f"fetch of N tasks' outputs (2 files each), median of {args.repeats}")  # fmt: skip
