@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .backends.base import PollRequest
 from .backends.slurm_monitor import MonitoringBackend
-from .errors import ConfigError, ConflictError, HpcBridgeError, TransportError
+from .errors import BackendError, ConfigError, ConflictError, HpcBridgeError, TransportError
 from .leases import Lease
 from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
 from .models import Attempt, Task
@@ -159,12 +159,9 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
     except HpcBridgeError as exc:  # the states are recorded; monitoring waits for next cycle
         report.errors.append(f"monitoring: {exc.message}")
 
-    # 4. Fetch outputs of finished jobs.
-    for task in reg.list_tasks(states=[S.FETCHING], cluster=cluster, newest_first=False):
-        try:
-            _fetch(rt, task, report)
-        except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
-            report.errors.append(f"{task.id}: {record_task_error(rt, task, 'fetching outputs', exc)}")
+    # 4. Fetch outputs of finished jobs: one batch (one remote command) for the cluster.
+    _fetch_all(rt, cluster, reg.list_tasks(states=[S.FETCHING], cluster=cluster,
+                                           newest_first=False), report)  # fmt: skip
 
     # 5. Submit what is due: new tasks left behind, and waiting retries.
     now = time.time()
@@ -312,20 +309,37 @@ def _cancel(rt: Runtime, cluster: str, tasks: Sequence[Task], effects: Effects, 
             report.errors.append(f"cancel failed, retried next cycle: {exc.message}")
 
 
-def _fetch(rt: Runtime, task: Task, report: SyncReport) -> None:
-    dest = Path(task.output_dir or rt.data_dir / "outputs" / task.id)
+def _fetch_all(rt: Runtime, cluster: str, tasks: Sequence[Task], report: SyncReport) -> None:
+    """Fetch every FETCHING task's outputs in one backend call, then settle each task. A
+    failure of the whole batch (the stream broke) leaves every task in FETCHING for the next
+    cycle; a task's own error is that task's alone."""
+    if not tasks:
+        return
+    dests = {t.id: Path(t.output_dir or rt.data_dir / "outputs" / t.id) for t in tasks}
     try:
-        dest.mkdir(parents=True, exist_ok=True)
-        files = rt.backend(task.cluster).fetch_outputs(task, dest)
-    except HpcBridgeError as exc:
+        got = rt.backend(cluster).fetch_outputs_many(tasks, dests)
+    except (HpcBridgeError, OSError) as exc:  # TransportError too: submissions still get their turn
+        message = exc.message if isinstance(exc, HpcBridgeError) else str(exc)
+        report.errors.append(f"fetching outputs of {len(tasks)} task(s) failed, will retry: {message}")
+        return
+    for task in tasks:
+        try:
+            _settle_fetch(rt, task, dests[task.id], got.get(task.id), report)
+        except Exception as exc:  # noqa: BLE001 - one bad task never stops the others
+            report.errors.append(f"{task.id}: {record_task_error(rt, task, 'fetching outputs', exc)}")
+
+
+def _settle_fetch(rt: Runtime, task: Task, dest: Path, files: list[Path] | HpcBridgeError | None,
+                  report: SyncReport) -> None:  # fmt: skip
+    if files is None:
+        files = BackendError(f"the backend returned nothing for task {task.id}")
+    if isinstance(files, HpcBridgeError):
+        exc = files
         if exc.transient:
             report.errors.append(f"{task.id}: fetch failed, will retry: {exc.message}")
             return
         rt.try_transition(task.id, S.FETCHING, S.FAILED, f"fetching outputs failed: {exc}",
                           fields={"reason": f"fetching outputs failed: {exc.message}"})  # fmt: skip
-        return
-    except OSError as exc:
-        report.errors.append(f"{task.id}: fetch failed, will retry: {exc}")
         return
     rel = [p.relative_to(dest).as_posix() for p in files if p.is_relative_to(dest)]
     missing = missing_outputs(rel, task.spec.outputs)

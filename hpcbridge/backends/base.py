@@ -81,7 +81,30 @@ class Backend(Protocol):
         ...
 
     def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
-        """Copy files matching the task's output globs from its work dir into ``dest``."""
+        """Copy files matching the task's output globs from its work dir into ``dest``:
+        :meth:`fetch_outputs_many` for one task, its error raised instead of returned."""
+        ...
+
+    def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
+                           ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
+        """Copy the outputs of all ``tasks`` (one cluster) at once; remote backends in one
+        command execution whatever ``len(tasks)``.
+
+        ``dests`` maps every task id to its local destination directory (created if
+        missing). A task's outputs are the regular files under its work dir that
+        :func:`hpcbridge.paths.match_outputs` selects with ``task.spec.outputs``: the one
+        matcher, so what is fetched is what ``require_outputs`` judges. Each lands at
+        ``dest / <path relative to the work dir>``, written atomically; nothing outside
+        ``dest`` is ever written, whatever the file names (an archive member that is not a
+        requested regular file is refused).
+
+        Returns, for every task id, the local files written, or the ``HpcBridgeError`` met
+        by that task alone: ``RemoteFileNotFound`` when its work dir is gone,
+        ``RemoteFileError`` when it cannot be listed or a file could not be read. Raises,
+        for the whole batch, ``TransportError`` (transient: the cluster cannot be reached,
+        the connection or the stream broke; files already written stay, nothing remote
+        changed, so the call is safe to repeat) and ``UnsafeArchive`` (the stream held a
+        member never asked for)."""
         ...
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:

@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -240,6 +240,23 @@ class LocalBackend:
             shutil.copy2(work / rel, target)
             copied.append(target)
         return copied
+
+    def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
+                           ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
+        # Local files: no round trips to save, so one copy per task, errors per task.
+        out: dict[str, list[Path] | HpcBridgeError] = {}
+        for task in tasks:
+            work = Path(task.work_dir or self.work_dir(task))
+            try:
+                if not work.is_dir():
+                    raise RemoteFileNotFound(str(work), where=f"task {task.id}'s work dir")
+                Path(dests[task.id]).mkdir(parents=True, exist_ok=True)
+                out[task.id] = self.fetch_outputs(task, Path(dests[task.id]))
+            except HpcBridgeError as exc:
+                out[task.id] = exc
+            except OSError as exc:
+                out[task.id] = RemoteFileError(f"task {task.id}: {exc}", path=str(work))
+        return out
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
         path = Path(task.work_dir or self.work_dir(task)) / log_name(attempt, stream)

@@ -13,7 +13,7 @@ import posixpath
 import re
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import slurm
@@ -27,12 +27,14 @@ from ..errors import (
 )
 from ..lifecycle import TaskState
 from ..models import JobInfo, Task
-from ..paths import input_name, log_name, match_outputs
+from ..paths import log_name
 from ..slurm import limits
 from ..slurm.limits import ClusterLimits
 from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
+from .batch_fetch import FetchItem, fetch_batch
 from .slurm_files import SlurmFilesMixin
+from .slurm_inputs import stage_inputs
 from .slurm_monitor import SlurmMonitoring
 
 log = logging.getLogger(__name__)
@@ -99,19 +101,11 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
         connect = getattr(self.transport, "connect", None)
         if connect is not None:
             connect()
-        out: dict[str, str | HpcBridgeError] = {}
-        for task in tasks:
-            try:
-                for src in task.spec.inputs:
-                    self.transport.put(Path(src), posixpath.join(dirs[task.id], input_name(src)))
-                out[task.id] = dirs[task.id]
-            except TransportError:
-                raise
-            except HpcBridgeError as exc:
-                out[task.id] = exc
-            except OSError as exc:
-                out[task.id] = HpcBridgeError(f"cannot upload inputs of task {task.id}: {exc}")
-        return out
+        if not any(t.spec.inputs for t in tasks):
+            return dict(dirs)
+        errors = stage_inputs(self.transport, self.base_dir(), tasks, dirs,
+                              timeout=self.cluster.command_timeout)  # fmt: skip
+        return {t.id: errors.get(t.id, dirs[t.id]) for t in tasks}
 
     # -- submission ---------------------------------------------------------------------
     def render(self, req: SubmitRequest) -> str:
@@ -414,15 +408,23 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
                 raise SchedulerUnavailable(f"cluster {self.cluster.name}: scancel failed: {res.stderr.strip()[-300:]}")
 
     def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
-        work = self.work_dir(task)
-        files = match_outputs(self.transport.list_files(work), task.spec.outputs)
-        copied = []
-        for rel in files:
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.transport.get(posixpath.join(work, rel), target)
-            copied.append(target)
-        return copied
+        got = self.fetch_outputs_many([task], {task.id: dest})[task.id]
+        if isinstance(got, HpcBridgeError):
+            raise got
+        return got
+
+    def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
+                           ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
+        """One remote command for all ``tasks`` (see :mod:`.batch_fetch`)."""
+        # expand(): a custom relative work dir is relative to the remote home.
+        items = [FetchItem(t.id, posixpath.normpath(self.transport.expand(self.work_dir(t))),
+                           t.spec.outputs, Path(dests[t.id])) for t in tasks]  # fmt: skip
+        for item in items:
+            item.dest.mkdir(parents=True, exist_ok=True)
+        if not items:
+            return {}
+        self.commands += 1
+        return fetch_batch(self.transport, items, idle_timeout=self.cluster.command_timeout)
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
         path = posixpath.join(self.work_dir(task), log_name(attempt, stream))

@@ -89,6 +89,7 @@ class FakeBackend:
         self._scripts: dict[tuple[str, int | None], tuple[ScriptItem, ...]] = {}
         self._submit_faults: dict[tuple[str, int | None], list[_SubmitFault]] = {}
         self._prepare_errors: dict[str, HpcBridgeError] = {}
+        self._fetch_errors: dict[str, HpcBridgeError] = {}
         self._raises: dict[str, list[list[Any]]] = {}  # method -> [[error, times left]]
         self._outputs: dict[str, dict[str, bytes]] = {}
         self._outputs_at: dict[str, float] = {}
@@ -181,6 +182,7 @@ class FakeBackend:
         with self._lock:
             self._submit_faults.clear()
             self._prepare_errors.clear()
+            self._fetch_errors.clear()
             self._raises.clear()
 
     def set_outputs(self, task: str, files: Mapping[str, str | bytes]) -> None:
@@ -297,14 +299,39 @@ class FakeBackend:
     def fetch_outputs(self, task: Task, dest: Path) -> list[Path]:
         with self._lock:
             self._record("fetch_outputs", task, dest)
-            files = self._outputs.get(task.id, self._outputs.get(task.name, {}))
-            copied: list[Path] = []
-            for rel in match_outputs(files, task.spec.outputs):
-                target = Path(dest) / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(files[rel])
-                copied.append(target)
-            return copied
+            return self._copy_outputs(task, Path(dest))
+
+    def _copy_outputs(self, task: Task, dest: Path) -> list[Path]:
+        files = self._outputs.get(task.id, self._outputs.get(task.name, {}))
+        copied: list[Path] = []
+        for rel in match_outputs(files, task.spec.outputs):
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(files[rel])
+            copied.append(target)
+        return copied
+
+    def fetch_outputs_many(self, tasks: Sequence[Task], dests: Mapping[str, Path],
+                           ) -> dict[str, list[Path] | HpcBridgeError]:  # fmt: skip
+        """One recorded call for the whole batch (as the Slurm backend makes one command).
+        ``fail("fetch_outputs_many")`` fails the batch; ``fail_fetch(task)`` fails one task."""
+        with self._lock:
+            self._record("fetch_outputs_many", tuple(tasks), dict(dests))
+            out: dict[str, list[Path] | HpcBridgeError] = {}
+            for task in tasks:
+                error = self._fetch_errors.get(task.id)
+                if error is not None:
+                    out[task.id] = error
+                    continue
+                out[task.id] = self._copy_outputs(task, Path(dests[task.id]))
+            return out
+
+    def fail_fetch(self, task: str, error: HpcBridgeError | None = None) -> None:
+        """``fetch_outputs_many`` returns ``error`` (default: ``RemoteFileNotFound``, the work
+        dir is gone) for ``task`` alone, every time until :meth:`reset_failures`."""
+        with self._lock:
+            self._fetch_errors[task] = error or RemoteFileNotFound(
+                f"/fake/{task}", where=f"task {task}'s work dir")
 
     def read_log(self, task: Task, attempt: int, stream: str, tail: int | None) -> str:
         with self._lock:
@@ -430,7 +457,8 @@ class FakeBackend:
         return [j for j in self.jobs.values() if self._key_matches(j, task, attempt)]
 
 
-_METHODS: Final = frozenset({"prepare", "submit", "poll", "cancel", "fetch_outputs", "read_log",
+_METHODS: Final = frozenset({"prepare", "submit", "poll", "cancel", "fetch_outputs",
+                             "fetch_outputs_many", "read_log",
                              "list_work_dir", "read_work_file"})
 
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ..errors import CommandFailed, TransportError
+from ..errors import CommandFailed, TransportError, UsageError
 from ..models import CommandResult
 from ..transport.base import (
+    CommandStream,
     RemoteFileError,
     RemoteFileNotFound,
     TransportStats,
@@ -229,6 +230,19 @@ class ReplayTransport:
         call = ReplayCall("run_script", argv=argv, command=argv, script=script,
                           timeout=timeout, what=what)  # fmt: skip
         return self._answer(call, check)
+
+    def open_stream(
+        self,
+        argv: Sequence[str],
+        *,
+        idle_timeout: float | None = None,
+        what: str | None = None,
+    ) -> CommandStream:
+        """Not replayed: a stream converses with the command, which a fixed reply cannot.
+        Raises ``UsageError``; test streaming code over ``LocalTransport`` instead."""
+        check_argv(argv)
+        raise UsageError("ReplayTransport does not replay open_stream (e.g. the batched "
+                         "output fetch)", hint="use LocalTransport for code that streams")
 
     def connect(self) -> None:
         """What SSHTransport.connect does: nothing here but recording (and ``fail``)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..config import ClusterConfig
 from .base import (
+    CommandStream,
     RemoteFileError,
     RemoteFileNotFound,
     Transport,
@@ -23,6 +24,7 @@ from .ssh import SSHTransport
 from .sshconfig import SSHTarget, fingerprint, resolve_target
 
 __all__ = [
+    "CommandStream",
     "LocalTransport",
     "RemoteFileError",
     "RemoteFileNotFound",

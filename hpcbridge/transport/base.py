@@ -53,6 +53,47 @@ class TransportStats:
             self.exec_seconds = 0.0
 
 
+STDERR_KEEP = 65536  # bytes of a stream's stderr kept for its error messages
+
+
+class CommandStream(Protocol):
+    """A running command's stdin and stdout, from :meth:`Transport.open_stream`.
+
+    Use it from one thread, except that ``write``/``close_stdin`` may run in a second one
+    while the first reads (a command that reads all of its stdin while it writes stdout
+    needs that, or both sides wait on full buffers).
+    """
+
+    def read(self, size: int = 65536) -> bytes:
+        """The next chunk of stdout (at most ``size`` bytes, at least one), or ``b""`` at
+        its end. Raises ``CommandTimeout`` (no data for ``idle_timeout``) and
+        ``TransportError`` (the connection broke: what was read may be incomplete)."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's stdin (blocks while the remote side is not reading).
+        A command that already exited makes this a no-op: ``finish`` tells the rest."""
+        ...
+
+    def close_stdin(self) -> None:
+        """Send EOF on stdin. Idempotent."""
+        ...
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the exit: ``(exit status, stderr tail)``; unread stdout is discarded.
+        Raises ``CommandTimeout`` and ``TransportError`` as ``read`` does."""
+        ...
+
+    def close(self) -> None:
+        """Release the channel or process (a still running local process is killed). Never
+        raises; idempotent."""
+        ...
+
+    def __enter__(self) -> CommandStream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Runs commands and moves files on the machine where the scheduler lives.
@@ -145,6 +186,33 @@ class Transport(Protocol):
         is ever interpreted by a shell. The result's ``argv`` is ``script_argv()``'s. Timeout, ``check``, ``what``, the errors raised and the
         "outcome unknown" rule are exactly those of :meth:`run`: a script that timed out or
         lost its connection may have run in part, so it must not be repeated blindly.
+        """
+        ...
+
+    def open_stream(
+        self,
+        argv: Sequence[str],
+        *,
+        idle_timeout: float | None = None,
+        what: str | None = None,
+    ) -> CommandStream:
+        r"""Start one command (as :meth:`run` would: no shell, home directory, login shell
+        when configured) and hand back its live stdin and stdout, for output too large to
+        hold in memory (a tar stream of many tasks' outputs) or a command that converses.
+
+        Returns a started :class:`CommandStream`; the caller reads stdout incrementally with
+        ``read``, may write stdin (``write``, then ``close_stdin``), ends with ``finish``
+        (exit status and the tail of stderr) and always ``close``\ s it (it is a context
+        manager). stderr is drained as it comes (only its last 64 KiB are kept), so a chatty
+        command cannot stall the stream. Counts one ``stats.round_trips``.
+
+        ``idle_timeout`` (default: the cluster's ``command_timeout``) bounds the wait for the
+        next chunk of stdout or for the exit status, not the whole transfer: a multi-GB
+        stream that keeps flowing never times out. Raises ``UsageError`` for a bad argv,
+        ``TransportError`` when the command could not be started (its outcome is unknown
+        from then on, as with :meth:`run`); ``read`` and ``finish`` raise ``CommandTimeout``
+        when the command went quiet for longer than ``idle_timeout`` and ``TransportError``
+        when the connection broke under it.
         """
         ...
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import CommandFailed, CommandTimeout
+from ..errors import CommandFailed, CommandTimeout, TransportError
 from ..models import CommandResult
 from .base import (
+    STDERR_KEEP,
     RemoteFileError,
     RemoteFileNotFound,
     TransportStats,
@@ -143,6 +146,26 @@ class LocalTransport:
         result = CommandResult(argv, proc.returncode, decode_output(out), decode_output(err))
         return self._checked(result, check, what)
 
+    def open_stream(
+        self,
+        argv: Sequence[str],
+        *,
+        idle_timeout: float | None = None,
+        what: str | None = None,
+    ) -> LocalStream:
+        items = check_argv(argv)
+        real = wrap_login_shell(items, self.login_shell)
+        limit = self.command_timeout if idle_timeout is None else idle_timeout
+        self.stats.add(round_trips=1)
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                real, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=self.home, start_new_session=True, bufsize=0,
+            )
+        except OSError as exc:
+            raise TransportError(f"{what or 'command'}: cannot start `{real[0]}`: {exc}") from None
+        return LocalStream(proc, " ".join(items)[:200], limit, what, self.stats)
+
     @staticmethod
     def _checked(result: CommandResult, check: bool, what: str | None) -> CommandResult:
         if check and result.exit_status != 0:
@@ -229,6 +252,91 @@ class LocalTransport:
 
     def close(self) -> None:
         pass
+
+
+class LocalStream:
+    """:class:`~hpcbridge.transport.base.CommandStream` over a subprocess's pipes (unbuffered,
+    read with ``select`` so the idle timeout holds); a thread drains stderr."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], shown: str, idle_limit: float,
+                 what: str | None, stats: TransportStats) -> None:  # fmt: skip
+        self.proc = proc
+        self.shown = shown
+        self.idle_limit = idle_limit
+        self.lead = f"{what}: " if what else ""
+        self.stats = stats
+        self.started = time.monotonic()
+        self.err = bytearray()
+        self._drainer = threading.Thread(target=self._drain, daemon=True,
+                                         name="hpcbridge-local-stderr")  # fmt: skip
+        self._drainer.start()
+
+    def __enter__(self) -> LocalStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read(65536), b""):  # type: ignore[union-attr]
+            self.err += chunk
+            if len(self.err) > STDERR_KEEP:
+                del self.err[: len(self.err) - STDERR_KEEP]
+
+    def _timeout(self) -> CommandTimeout:
+        return CommandTimeout(f"{self.lead}command `{self.shown}` sent nothing for "
+                              f"{self.idle_limit:g} s; its outcome is unknown")  # fmt: skip
+
+    def read(self, size: int = 65536) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], self.idle_limit)
+        if not ready:
+            raise self._timeout()
+        chunk = os.read(fd, size)
+        self.stats.add(bytes_down=len(chunk))
+        return chunk
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.stats.add(bytes_up=len(data))
+        except (OSError, ValueError):
+            pass  # the command exited without reading it all (or was closed): finish() tells why
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def finish(self) -> tuple[int, str]:
+        while self.read():
+            pass
+        try:
+            status = self.proc.wait(timeout=self.idle_limit)
+        except subprocess.TimeoutExpired:
+            raise self._timeout() from None
+        self._drainer.join(timeout=self.idle_limit)
+        self.stats.add(exec_seconds=time.monotonic() - self.started)
+        return status, self.err.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -43,7 +43,7 @@ from .base import (
     script_input,
 )
 from .ssh_connect import SSHConnection, map_connect_error
-from .ssh_exec import exec_on_channel, open_session
+from .ssh_exec import ChannelStream, exec_on_channel, open_session, start_stream
 from .sshconfig import DEFAULT_KNOWN_HOSTS, SSHTarget, resolve_target
 
 
@@ -152,6 +152,19 @@ class SSHTransport:
         limit = self.cluster.command_timeout if timeout is None else timeout
         chan = open_session(self._conn, self._ensure)
         return exec_on_channel(chan, self, argv, command, data, limit, what)
+
+    def open_stream(
+        self,
+        argv: Sequence[str],
+        *,
+        idle_timeout: float | None = None,
+        what: str | None = None,
+    ) -> ChannelStream:
+        items = check_argv(argv)
+        command = build_command(items, login_shell=self.cluster.login_shell)
+        limit = self.cluster.command_timeout if idle_timeout is None else idle_timeout
+        chan = open_session(self._conn, self._ensure)
+        return start_stream(chan, self, items, command, limit, what)
 
     # ----------------------------------------------------------------------------- files
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import paramiko
 
 from ..errors import CommandTimeout, TransportError
+from .base import STDERR_KEEP
 from .ssh_connect import ConnectSettings, SSHConnection
 
 # The logger of the whole SSH transport (its records keep one name across the modules).
@@ -177,3 +178,131 @@ def collect(chan: paramiko.Channel, deadline: float) -> tuple[bytes, bytes, bool
             # EOF before the exit status: the select pipe is now always readable, so wait on
             # the status event instead of spinning.
             chan.status_event.wait(min(max(deadline - time.monotonic(), 0.0), 0.05))
+
+
+class ChannelStream:
+    """:class:`~hpcbridge.transport.base.CommandStream` over one paramiko session channel
+    whose command is already running. stdout is read as it arrives (paramiko buffers at most
+    one channel window, so memory stays bounded whatever the transfer size); stderr is drained
+    on every wake-up because both streams share the window: left unread, it would stall
+    stdout too."""
+
+    def __init__(self, chan: paramiko.Channel, settings: ConnectSettings, shown: str,
+                 idle_limit: float, what: str | None) -> None:  # fmt: skip
+        self.chan = chan
+        self.settings = settings
+        self.shown = shown
+        self.idle_limit = idle_limit
+        self.lead = f"{what}: " if what else ""
+        self.err = bytearray()
+        self.started = time.monotonic()
+        self._stdin_closed = False
+
+    def __enter__(self) -> ChannelStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drain_stderr(self) -> None:
+        while self.chan.recv_stderr_ready():
+            chunk = self.chan.recv_stderr(RECV_CHUNK)
+            if not chunk:
+                break
+            self.err += chunk
+            self.settings.stats.add(bytes_down=len(chunk))
+        if len(self.err) > STDERR_KEEP:
+            del self.err[: len(self.err) - STDERR_KEEP]
+
+    def _broken(self) -> bool:
+        transport = self.chan.get_transport()
+        return not self.chan.exit_status_ready() and (transport is None or not transport.is_active())
+
+    def _timeout(self) -> CommandTimeout:
+        return CommandTimeout(
+            f"{self.lead}`{self.shown}` on {self.settings.target.address} sent nothing for "
+            f"{self.idle_limit:g} s; its outcome is unknown",
+            hint="raise command_timeout for this cluster if the command is just slow",
+        )
+
+    def _dropped(self) -> TransportError:
+        return TransportError(
+            f"{self.lead}connection to {self.settings.target.address} dropped while "
+            f"`{self.shown}` was streaming; what arrived may be incomplete",
+            hint="nothing is lost on the cluster; the next attempt starts over",
+        )
+
+    def read(self, size: int = RECV_CHUNK) -> bytes:
+        deadline = time.monotonic() + self.idle_limit
+        while True:
+            if self.chan.recv_ready():
+                chunk = self.chan.recv(size)
+                self.settings.stats.add(bytes_down=len(chunk))
+                return chunk
+            self._drain_stderr()
+            if self.chan.eof_received or self.chan.closed:
+                if self.chan.recv_ready():
+                    continue
+                if self._broken():
+                    raise self._dropped()
+                return b""
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._timeout()
+            select.select([self.chan], [], [], min(deadline - now, 1.0))
+
+    def write(self, data: bytes) -> None:
+        self.settings.stats.add(bytes_up=len(data))
+        try:
+            self.chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the command stopped reading (exited): finish() tells why
+
+    def close_stdin(self) -> None:
+        if self._stdin_closed:
+            return
+        self._stdin_closed = True
+        try:
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def finish(self) -> tuple[int, str]:
+        while self.read():
+            pass
+        deadline = time.monotonic() + self.idle_limit
+        while not self.chan.exit_status_ready():
+            if self._broken():
+                raise self._dropped()
+            if time.monotonic() >= deadline:
+                raise self._timeout()
+            self.chan.status_event.wait(0.05)
+        self._drain_stderr()
+        self.settings.stats.add(exec_seconds=time.monotonic() - self.started)
+        return self.chan.exit_status, self.err.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+
+
+def start_stream(chan: paramiko.Channel, settings: ConnectSettings, argv: tuple[str, ...],
+                 command: str, idle_limit: float, what: str | None) -> ChannelStream:  # fmt: skip
+    """Run ``command`` on the fresh channel ``chan`` and return its live stream. Raises
+    TransportError when starting it failed (outcome unknown; the channel is closed)."""
+    shown = " ".join(argv)
+    shown = shown if len(shown) <= 200 else shown[:200] + " ..."
+    settings.stats.add(round_trips=1, bytes_up=len(command))
+    try:
+        chan.exec_command(command)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        chan.close()
+        lead = f"{what}: " if what else ""
+        raise TransportError(
+            f"{lead}connection to {settings.target.address} failed while starting "
+            f"`{shown}` ({exc or type(exc).__name__}); its outcome is unknown",
+            hint="it may or may not have run; check before repeating it",
+        ) from None
+    return ChannelStream(chan, settings, shown, idle_limit, what)

@@ -32,6 +32,7 @@ from hpcbridge.errors import CommandTimeout, SchedulerError, SchedulerUnavailabl
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Resources, Task, TaskSpec
 from hpcbridge.testing import ReplayCall, ReplayTransport, Reply, reorder_columns, run_locally
+from hpcbridge.transport import LocalTransport
 from hpcbridge.transport.base import RemoteFileError
 
 S = TaskState
@@ -335,14 +336,19 @@ def test_without_accounting_markers_are_the_only_fallback_and_sacct_is_not_asked
 
 
 def test_prepare_uploads_inputs_into_each_work_dir(tmp_path: Path) -> None:
+    # Inputs are placed by a real bash (hard link or copy) over LocalTransport; see also
+    # tests/unit/test_shared_inputs.py.
     params = tmp_path / "params.json"
     params.write_text('{"n": 64}')
-    transport = ReplayTransport()
+    work = tmp_path / "cluster"
     task = make_task("t1")
     task = replace(task, spec=replace(task.spec, inputs=(str(params),)))
-    dirs = SlurmBackend(cluster(), transport).prepare([task, make_task("t2")])
-    assert dirs == {"t1": f"{WORK}/t1", "t2": f"{WORK}/t2"}
-    assert transport.files[f"{WORK}/t1/params.json"] == b'{"n": 64}'
+    dirs = SlurmBackend(cluster(work_dir=str(work)), LocalTransport(home=tmp_path)).prepare(
+        [task, make_task("t2")])
+    assert dirs == {"t1": f"{work}/t1", "t2": f"{work}/t2"}
+    assert (work / "t1" / "params.json").read_bytes() == b'{"n": 64}'
+    transport = ReplayTransport()
+    SlurmBackend(cluster(), transport).prepare([make_task("t3")])
     assert transport.calls[0].method == "connect"  # unreachable fails before the write-ahead
 
 
@@ -355,7 +361,7 @@ def test_prepare_on_an_unreachable_cluster_raises_before_any_upload(tmp_path: Pa
 
 def test_prepare_a_failed_upload_fails_that_task_alone(tmp_path: Path) -> None:
     (tmp_path / "in.dat").write_text("x")
-    transport = ReplayTransport().fail(
+    transport = ReplayTransport().on("bash", "").fail(  # the probe: nothing uploaded before
         "put", RemoteFileError("put: permission denied: /home/hpcb/hpcbridge/t1/in.dat",
                                path="/home/hpcb/hpcbridge/t1/in.dat"))  # fmt: skip
     t1 = make_task("t1")
@@ -502,16 +508,20 @@ def test_cancel_with_the_controller_down_raises() -> None:
 
 
 def test_fetch_outputs_and_logs_go_through_the_transport_files(tmp_path: Path) -> None:
-    transport = ReplayTransport()
+    # The fetch streams a tar through a real bash/find/tar (it converses with the command,
+    # which a replayed reply cannot), so it runs over LocalTransport; logs go through files.
+    work = tmp_path / "cluster"
+    backend = SlurmBackend(cluster(work_dir=str(work)), LocalTransport(home=tmp_path))
     task = make_task("t1", outputs=("*.json",))
-    transport.write_text(f"{WORK}/t1/result.json", "{}")
-    transport.write_text(f"{WORK}/t1/scratch.bin", "x")
-    transport.write_text(f"{WORK}/t1/.hpcbridge/attempt-1.out", "one\ntwo\nthree\n")
-    backend = SlurmBackend(cluster(), transport)
-    got = backend.fetch_outputs(task, tmp_path)
-    assert got == [tmp_path / "result.json"] and (tmp_path / "result.json").read_text() == "{}"
+    (work / "t1" / ".hpcbridge").mkdir(parents=True)
+    (work / "t1" / "result.json").write_text("{}")
+    (work / "t1" / "scratch.bin").write_text("x")
+    (work / "t1" / ".hpcbridge" / "attempt-1.out").write_text("one\ntwo\nthree\n")
+    dest = tmp_path / "out"
+    got = backend.fetch_outputs(task, dest)
+    assert got == [dest / "result.json"] and (dest / "result.json").read_text() == "{}"
     assert backend.read_log(task, 1, "stdout", 2) == "two\nthree\n"
-    assert backend.read_log(task, 1, "stderr", None) == ""  # no log yet: empty, not an error
+    assert backend.read_log(make_task("t2"), 1, "stderr", None) == ""  # no log yet: empty
 
 
 def test_a_token_only_attempt_whose_submission_script_still_runs_is_submitting_not_absent() -> None:

@@ -15,7 +15,7 @@ import pytest
 import hpcbridge
 from hpcbridge.backends.base import SubmitOutcome, SubmitRequest
 from hpcbridge.config import parse_config
-from hpcbridge.errors import UsageError
+from hpcbridge.errors import TransportError, UsageError
 from hpcbridge.leases import Lease, lease_alive
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.registry import Registry
@@ -255,14 +255,17 @@ def test_one_task_that_breaks_the_cycle_is_recorded_and_the_others_go_on(svc, fa
     fake.set_state("good", None, S.SUCCEEDED)
     fake.set_state("bad", None, S.SUCCEEDED)
     fake.set_outputs("good", {"out.txt": "ok"})
-    real_fetch = fake.fetch_outputs
+    real_fetch = fake.fetch_outputs_many
 
-    def fetch(task, dest):
-        if task.name == "bad":
+    class Boom:  # a result whose handling breaks, for that one task
+        def __iter__(self):
             raise RuntimeError("boom in fetch")
-        return real_fetch(task, dest)
 
-    fake.fetch_outputs = fetch  # type: ignore[method-assign]
+    def fetch(tasks, dests):
+        got = real_fetch(tasks, dests)
+        return {tid: Boom() if tid == bad.id else files for tid, files in got.items()}
+
+    fake.fetch_outputs_many = fetch  # type: ignore[method-assign]
     report = svc.sync_cluster("lab")
     assert svc.get(good.id).state == S.SUCCEEDED
     b = svc.get(bad.id)
@@ -446,3 +449,36 @@ def test_phases_find_where_the_time_went_and_queue_counts_from_eligible(tmp_path
     assert a1["run"] == pytest.approx(15, abs=0.5) and a1["fetch"] is not None
     assert ph["dominant"] == "eligible_wait" and ph["total_seconds"] > 0
     svc.close()
+
+
+# ---------------------------------------------------------------- outputs at scale
+def test_the_fetch_step_is_one_batch_per_cluster_per_cycle(svc, fake) -> None:
+    tasks = [svc.submit(command=["true"], name=f"f{i}", outputs=["out.txt"]) for i in range(12)]
+    for i, t in enumerate(tasks):
+        fake.set_state(t.name, None, S.SUCCEEDED)
+        fake.set_outputs(t.name, {"out.txt": f"mine {i}"})
+    fake.fail_fetch(tasks[3].id)  # its work dir is gone: that task alone fails
+    svc.sync_cluster("lab")
+    batches = [c for c in fake.calls if c.method == "fetch_outputs_many"]
+    assert len(batches) == 1 and {t.id for t in batches[0].args[0]} == {t.id for t in tasks}
+    assert not [c for c in fake.calls if c.method == "fetch_outputs"]
+    for i, t in enumerate(tasks):
+        got = svc.get(t.id)
+        if i == 3:
+            assert got.state == S.FAILED and "fetching outputs failed" in (got.reason or "")
+            continue
+        assert got.state == S.SUCCEEDED
+        assert (Path(svc.runtime.data_dir) / "outputs" / t.id / "out.txt").read_text() == f"mine {i}"
+
+
+def test_a_broken_fetch_stream_leaves_every_task_fetching_for_the_next_cycle(svc, fake) -> None:
+    tasks = [svc.submit(command=["true"], name=f"b{i}", outputs=["out.txt"]) for i in range(3)]
+    for t in tasks:
+        fake.set_state(t.name, None, S.SUCCEEDED)
+        fake.set_outputs(t.name, {"out.txt": "x"})
+    fake.fail("fetch_outputs_many", TransportError("stream ended early"))
+    report = svc.sync_cluster("lab")
+    assert all(svc.get(t.id).state == S.FETCHING for t in tasks)
+    assert any("stream ended early" in e for e in report.errors)
+    svc.sync_cluster("lab")
+    assert all(svc.get(t.id).state == S.SUCCEEDED for t in tasks)
