@@ -18,6 +18,7 @@ import click
 
 from . import projects as proj
 from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
+from .cli_events import events
 from .cli_projects import projects
 from .cli_tasks import tasks
 from .errors import UsageError
@@ -272,10 +273,17 @@ def config_cmd(ctx: click.Context) -> None:
     for name, c in sorted(cfg.clusters.items()):
         where = f"{c.user + '@' if c.user else ''}{c.host}:{c.port or 22}" if c.transport == "ssh" else "this machine"
         click.echo(f"cluster {name}: backend={c.backend} transport={c.transport} ({where}) work_dir={c.work_dir}")
+    for rule in cfg.notify:  # URLs masked: they carry tokens and passwords
+        d = rule.describe()
+        to = ", ".join([*d["urls"], *([" ".join(d["command"])] if d["command"] else [])])
+        click.echo(f"notify {rule.name}: on {','.join(rule.on)}{' (digest)' if rule.digest else ''} -> {to}")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 cli.add_command(tasks)
 cli.add_command(projects)
+cli.add_command(events)
 
 
 def main() -> None:

@@ -111,6 +111,12 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     require_outputs: bool = False  # a success whose outputs matched nothing is a failure
     project: str | None = None  # the project it counts towards (projects list/show/wait/kill)
+    # Events (issue 12): the task's own notification URLs, its stall threshold (seconds) and
+    # action (None: the cluster's), and the files it watches (PATH or PATH:REGEX).
+    notify: tuple[str, ...] = ()
+    stall_after: float | None = None
+    on_stall: str | None = None
+    watch_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.script):
@@ -147,6 +153,10 @@ class TaskSpec:
             "retry": self.retry.to_dict(),
             "require_outputs": self.require_outputs,
             "project": self.project,
+            **({"notify": list(self.notify)} if self.notify else {}),
+            **({"stall_after": self.stall_after} if self.stall_after is not None else {}),
+            **({"on_stall": self.on_stall} if self.on_stall else {}),
+            **({"watch_files": list(self.watch_files)} if self.watch_files else {}),
         }
 
     @classmethod
@@ -163,6 +173,10 @@ class TaskSpec:
             retry=RetryPolicy.from_dict(data.get("retry") or {}, strict=False),
             require_outputs=bool(data.get("require_outputs", False)),
             project=data.get("project"),
+            notify=tuple(data.get("notify") or ()),
+            stall_after=data.get("stall_after"),
+            on_stall=data.get("on_stall"),
+            watch_files=tuple(data.get("watch_files") or ()),
         )
 
 
@@ -192,6 +206,7 @@ class Attempt:
     stderr_tail: str | None = None  # last lines of its logs, kept when it ended badly
     stdout_tail: str | None = None
     eligible_at: float | None = None  # when the scheduler would have let it start
+    watch: Mapping[str, Any] | None = None  # stall readings, walltime warned, files seen
 
 
 @dataclass(frozen=True)

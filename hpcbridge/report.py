@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .diagnostics import describe_exit, diagnose
+from .events import mask_url
 from .models import Attempt, Event, Task
 from .slurm.usage import Thresholds, Usage, efficiency_warnings, format_size
 
@@ -79,11 +80,18 @@ def event_dict(e: Event) -> dict[str, Any]:
     }
 
 
+def _masked_spec(task: Task) -> dict[str, Any]:
+    spec = task.spec.to_dict()
+    if spec.get("notify"):  # notification URLs carry tokens: never shown in full
+        spec["notify"] = [mask_url(u) for u in spec["notify"]]
+    return spec
+
+
 def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], *,
               lines: int = 10, thresholds: Thresholds | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         **task_summary(task),
-        "spec": task.spec.to_dict(),
+        "spec": _masked_spec(task),
         "metadata": dict(task.metadata),
         "timings": {
             "created": iso(task.created_at),

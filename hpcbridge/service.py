@@ -24,7 +24,9 @@ from .cycle import SyncReport, sync_all, sync_cluster
 from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
 from .lifecycle import ACTIVE, IN_FLIGHT, WAITING, TaskState
 from .models import Attempt, Event, Task
+from .notify import DeliveryReport, deliver, send_test
 from .options import SubmitOptions
+from .outbox import OutboxEntry, entries
 from .paths import check_work_path, in_meta_dir, is_log_path
 from .registry import Registry
 from .report import task_info
@@ -185,6 +187,22 @@ class Service:
 
     def sync_cluster(self, cluster: str) -> SyncReport:
         return sync_cluster(self.runtime, cluster)
+
+    # -- notifications ---------------------------------------------------------------------
+    def outbox(self, *, pending: bool = False, task_id: str | None = None, limit: int = 200,
+               everything: bool = False) -> list[OutboxEntry]:  # fmt: skip
+        """The newest outbox events a rule wanted (all with ``everything``; only those not
+        delivered yet with ``pending``)."""
+        return entries(self.registry, pending=pending, task_id=self.resolve(task_id) if task_id else None,
+                       limit=limit, everything=everything)  # fmt: skip
+
+    def deliver(self) -> DeliveryReport:
+        """Deliver the due outbox events now (every sync does this after its cycle)."""
+        return deliver(self.runtime)
+
+    def test_notify(self, rule: str) -> list[tuple[str, str | None]]:
+        """Send a test message through each target of a ``[[notify]]`` rule."""
+        return send_test(self.runtime, rule)
 
     # -- cancel ----------------------------------------------------------------------------
     def kill(self, task_ids: Sequence[str]) -> list[KillResult]:

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[2] / "hpcbridge"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("lifecycle",),
-    ("models", "paths", "leases", "sweep"),
+    ("models", "paths", "leases", "sweep", "events"),
     ("config", "schema", "slurm"),
     ("diagnostics",),
     ("report",),
@@ -26,8 +26,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends",),
     ("registry_queries",),
     ("registry",),
+    ("outbox",),
     ("options",),
     ("runtime",),
+    ("notify",),
     ("submission",),
     ("reconcile",),
     ("cycle",),
@@ -35,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("projects",),
     ("api", "daemon", "testing"),
     ("cli_common",),
-    ("cli_tasks", "cli_projects"),
+    ("cli_tasks", "cli_projects", "cli_events"),
     ("cli", "__init__"),
     ("__main__",),
 ]
