@@ -36,6 +36,7 @@ from .reconcile import (
 )
 from .runtime import Runtime
 from .submission import start_attempts
+from .watch import watch_running
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -172,6 +173,14 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
         with reg.recording() as changes:
             _poll(rt, cluster, in_flight, attempts, strays, effects, report)
         _keep_tails(rt, cluster, changes, report)
+
+    # 1b. Watch running tasks: walltime warnings; stalls and watched files in one command.
+    try:
+        watch_running(rt, cluster, effects)
+    except TransportError:
+        raise
+    except HpcBridgeError as exc:  # the states are recorded; the watch looks again next cycle
+        report.errors.append(f"watch: {exc.message}")
 
     # 2. Cancels: what the user asked for, and jobs that must not run again.
     _cancel(rt, cluster, tasks, effects, report)

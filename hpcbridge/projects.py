@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from .lifecycle import TaskState
 from .models import Task
 from .options import SubmitOptions
 from .service import KillResult, Service
+from .slurm.usage import time_limit_seconds
 from .sweep import check_template, expand, render
 
 S = TaskState
@@ -36,27 +36,6 @@ S = TaskState
 # What "queued and running" means for committed core-hours: the job is (or may be) at the
 # scheduler and not over.
 COMMITTED_STATES = frozenset({S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED})
-
-_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
-
-
-def time_limit_seconds(text: str | None) -> float | None:
-    """A ``--time`` value (Slurm's syntax) in seconds: ``M``, ``M:S``, ``H:M:S``, ``D-H``,
-    ``D-H:M``, ``D-H:M:S``. None for no value, ``UNLIMITED``/``INFINITE``, or a form Slurm
-    would refuse (nothing to multiply)."""
-    value = (text or "").strip()
-    m = _TIME.match(value)
-    if not m:
-        return None
-    days, a, b, c = m.groups()
-    if days is not None:  # D-H[:M[:S]]
-        return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    if c is not None:  # H:M:S
-        return int(a) * 3600 + int(b) * 60 + int(c)
-    if b is not None:  # M:S
-        return int(a) * 60 + int(b)
-    return int(a) * 60.0  # M
-
 
 @dataclass(frozen=True)
 class ProjectSummary:

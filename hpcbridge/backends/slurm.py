@@ -31,6 +31,7 @@ from ..transport import Transport
 from .base import PollRequest, SubmitOutcome, SubmitRequest
 from .slurm_files import SlurmFilesMixin
 from .slurm_monitor import SlurmMonitoring
+from .slurm_watch import SlurmWatchMixin
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ SUBMIT_CHUNK = 500  # requests per remote script (keeps scripts far below ARG_MA
 ZONE_TTL_SECONDS = 600.0
 
 
-class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
+class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
     name = "slurm"
     scheduler_requeues = True
 

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("notify",),
     ("submission",),
     ("reconcile",),
+    ("watch",),
     ("cycle",),
     ("service",),
     ("projects",),
