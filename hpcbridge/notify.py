@@ -206,7 +206,9 @@ def _send_url(url: str, title: str, body: str, keys: Sequence[str], kind: str) -
     apprise = _apprise()
     collect = _Collect()
     logger = logging.getLogger("apprise")
+    # apprise's own lines are caught here and reported once, masked, by our caller.
     logger.addHandler(collect)
+    propagate, logger.propagate = logger.propagate, False
     try:
         plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
         if plugin is None:
@@ -222,6 +224,7 @@ def _send_url(url: str, title: str, body: str, keys: Sequence[str], kind: str) -
                            body_format=apprise.NotifyFormat.TEXT)
     finally:
         logger.removeHandler(collect)
+        logger.propagate = propagate
     if ok:
         return None
     return f"{mask_url(url)}: " + (collect.lines[-1] if collect.lines else "delivery failed")

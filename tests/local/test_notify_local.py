@@ -146,3 +146,31 @@ def test_kill_9_of_the_daemon_mid_delivery_loses_nothing_and_dedupes_to_once(hb:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         hook.close()
+
+
+def test_a_hung_local_task_is_stalled_cancelled_and_notified(hb: Env) -> None:
+    """The same watch script as on a cluster, run by the local backend: a process that wrote
+    once and sleeps is stalled after two stale readings, cancelled with the reason, and the
+    `stalled` and `cancelled` events reach the webhook, with a watched file's event."""
+    hook = Hook().start()
+    try:
+        env = _config(hb, f'[[notify]]\nname = "hook"\non = ["stalled", "cancelled", "file_appeared"]\n'
+                          f'urls = ["{hook.url}"]\n')  # fmt: skip
+        done = _hb(env, "submit", "--stall-after", "2s", "--on-stall", "cancel", "--watch-file", "started.txt",
+                   "--", *py("import time; open('started.txt', 'w').write('x'); time.sleep(120)"))
+        assert done.returncode == 0, done.stderr
+        tid = done.stdout.strip().splitlines()[-1]
+
+        def ended() -> bool:
+            _hb(env, "sync", "-q")
+            return _states(hb.db)[tid] == "cancelled"
+
+        wait_for(ended, 60, 0.5, "the stalled task to be cancelled")
+        info = json.loads(_hb(env, "tasks", "info", tid, "--json").stdout)
+        assert info["reason"].startswith("stalled on localhost: no file in its work dir changed"), info["reason"]
+        kinds = [e["event"] for e in _outbox(env) if e["task"] == tid]
+        assert kinds == ["file_appeared", "stalled", "cancelled"], kinds
+        wait_for(lambda: len(hook.requests) == 3, 20, what="three messages")
+        assert "stalled on localhost" in hook.requests[1]["body"]["message"]
+    finally:
+        hook.close()

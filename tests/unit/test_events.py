@@ -252,3 +252,19 @@ def test_secret_file_mode_check_uses_group_and_other_bits(tmp_path) -> None:
         f.chmod(mode)
         cfg = parse_config({"notify": [{"urls_file": str(f)}]})
         assert bool(cfg.warnings) is warns, stat.filemode(mode)
+
+
+def test_the_documented_example_rule_set_parses(tmp_path, monkeypatch) -> None:
+    import tomllib
+
+    example = Path(__file__).parents[2] / "configs" / "notify.example.toml"
+    data = tomllib.loads(example.read_text())
+    urls = tmp_path / "urls.txt"
+    urls.write_text("mailtos://alice:APP_PASSWORD@smtp.example.org?to=alice@example.org\n")
+    urls.chmod(0o600)
+    data["notify"][1]["urls_file"] = str(urls)
+    monkeypatch.setenv("HPCBRIDGE_SLACK_URL", "slack://T000/B000/XXXX")
+    cfg = parse_config(data)
+    assert [r.name for r in cfg.notify] == ["slack-failures", "email", "phone", "desktop"]
+    assert cfg.notify[0].digest and cfg.notify[2].metadata == {"sweep": "heat-2026"}
+    assert cfg.warnings == ()

@@ -1,0 +1,53 @@
+"""Stall detection and watched files on the real lab (issue 12 items 3 and 5): a job that
+writes once and hangs is found stalled by the one batched watch command (through the real
+sshd, ages on the cluster's clock) and, with on_stall = "cancel", ends `cancelled` with the
+stall as its reason; a job that keeps writing is never stalled and its watched file's regex
+fires once; every watch command covers all the watched running tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpcbridge import outbox
+from hpcbridge.lifecycle import TaskState
+from hpcbridge.service import Service
+
+from .conftest import drive_until
+
+pytestmark = pytest.mark.integration
+S = TaskState
+
+HUNG = "echo started > progress.txt\nsleep 600\n"
+# Converges at tick 10 and goes on writing (the watch looks at running tasks only).
+TICKER = ("for i in $(seq 1 25); do echo tick $i >> progress.txt; [ $i = 10 ] && echo converged > result.txt;"
+          " sleep 1; done\n")
+
+
+def test_a_hung_job_is_stalled_and_cancelled_with_the_reason(service: Service,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    backend = service.backend("lab")
+    sizes: list[int] = []
+    real_watch = backend.watch  # type: ignore[attr-defined]
+
+    def counted(requests):  # type: ignore[no-untyped-def]
+        sizes.append(len(requests))
+        return real_watch(requests)
+
+    monkeypatch.setattr(backend, "watch", counted)
+    hung = service.submit(script=HUNG, cluster="lab", name="hung", time="00:10:00",
+                          stall_after="8s", on_stall="cancel", max_attempts=1)  # fmt: skip
+    ticker = service.submit(script=TICKER, cluster="lab", name="ticker", time="00:05:00",
+                            stall_after="8s", on_stall="cancel", watch_file=["result.txt:^converged$"])  # fmt: skip
+    task = drive_until(service, hung.id, lambda t: t.state.terminal, 240, "the hung job to be cancelled")
+    assert task.state is S.CANCELLED, (task.state, task.reason)
+    assert task.reason and task.reason.startswith("stalled on "), task.reason
+    assert "no file in its work dir changed for" in task.reason and "stall_after 8 s" in task.reason
+    (stalled,) = [e for e in outbox.entries(service.registry, everything=True)
+                  if e.notice.kind == "stalled" and e.notice.task_id == hung.id]  # fmt: skip
+    assert "on_stall = cancel" in stalled.notice.detail
+    done = drive_until(service, ticker.id, lambda t: t.state.terminal, 240, "the ticker to end")
+    assert done.state is S.SUCCEEDED, (done.state, done.reason)
+    kinds = [e.notice.kind for e in outbox.entries(service.registry, everything=True) if e.notice.task_id == ticker.id]
+    assert "stalled" not in kinds, "a job that keeps writing is never stalled"
+    assert kinds.count("file_matched") == 1, kinds
+    assert sizes and max(sizes) == 2, f"one watch command per cycle for both running tasks: {sizes}"
