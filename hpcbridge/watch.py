@@ -27,6 +27,7 @@ from typing import Any
 
 from .backends.slurm_watch import WatchingBackend, WatchRequest, WatchResult
 from .config import ClusterConfig
+from .errors import ConflictError
 from .events import parse_watch
 from .lifecycle import TaskState
 from .models import Attempt, Task
@@ -90,7 +91,10 @@ def watch_running(rt: Runtime, cluster: str, effects: Effects) -> None:
     rt.charge(cluster, 1)
     result = backend.watch(requests)  # TransportError: the cycle ends here, nothing written
     for t in watched:
-        _apply(rt, t, atts[t.id], result, cfg, effects)
+        try:
+            _apply(rt, t, atts[t.id], result, cfg, effects)
+        except ConflictError as exc:  # moved by another process meanwhile: next cycle
+            log.info("task %s: %s", t.id, exc)
 
 
 def _apply(rt: Runtime, t: Task, att: Attempt, result: WatchResult, cfg: ClusterConfig,

@@ -95,11 +95,14 @@ def test_webhook_and_email_receive_each_event_with_its_id_and_tail(hb: Env) -> N
 def test_a_webhook_down_for_three_cycles_gets_everything_when_back(hb: Env) -> None:
     hook = Hook()  # port reserved, nothing listening: connection refused
     try:
-        env = _config(hb, f'[[notify]]\nname = "hook"\non = ["succeeded", "failed"]\nurls = ["{hook.url}"]\nbackoff = 0\n')
+        env = _config(hb, f'[[notify]]\nname = "hook"\non = ["succeeded", "failed"]\n'
+                          f'urls = ["{hook.url}?token=TOPSECRET"]\nbackoff = 0\n')  # fmt: skip
         ids = [_submit(env, "true"), _submit(env, "true"), _submit(env, "false")]
         _sync_until_ended(env, hb.db, ids)
         for _ in range(3):  # three more cycles with the receiver down
-            assert _hb(env, "sync", "-q").returncode == 0
+            done = _hb(env, "sync", "-q")
+            assert done.returncode == 0 and "TOPSECRET" not in done.stderr + done.stdout
+        assert "TOPSECRET" not in _hb(env, "events", "list").stdout + _hb(env, "config").stdout
         pending = _outbox(env, "--pending")
         assert {e["task"] for e in pending} == set(ids)
         assert all(e["tries"] >= 3 and "json://127.0.0.1" in (e["last_error"] or "") for e in pending), pending

@@ -5,8 +5,9 @@ shell), and the outbox rows read back from the registry."""
 from __future__ import annotations
 
 import json
-import os
+import sqlite3
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,12 +99,12 @@ def test_hpcbridge_config_and_errors_show_urls_masked(tmp_path, monkeypatch) -> 
     assert mask_url("json://127.0.0.1:8080/hook?token=x") == "json://127.0.0.1:8080/****"
 
 
-def test_durations_and_task_options() -> None:
+def test_durations_and_task_options(tmp_path) -> None:
     assert parse_duration("30m", "x") == 1800 and parse_duration("2h", "x") == 7200 and parse_duration(90, "x") == 90
     with pytest.raises(ConfigError, match="duration"):
         parse_duration("soon", "x")
     fake = FakeBackend()
-    svc = service(Path(os.environ.get("TMPDIR", "/tmp")) / f"hb-{os.getpid()}-opts", [], fake)
+    svc = service(tmp_path, [], fake)
     try:
         for bad, words in [({"stall_after": "soon"}, "duration"), ({"watch_file": ["../etc/passwd"]}, "relative"),
                            ({"watch_file": ["log.txt:("]}, "bad regex"), ({"notify": ["example.org"]}, "notification URL"),
@@ -268,3 +269,45 @@ def test_the_documented_example_rule_set_parses(tmp_path, monkeypatch) -> None:
     assert [r.name for r in cfg.notify] == ["slack-failures", "email", "phone", "desktop"]
     assert cfg.notify[0].digest and cfg.notify[2].metadata == {"sweep": "heat-2026"}
     assert cfg.warnings == ()
+
+
+def test_without_apprise_a_url_rule_says_how_to_get_it_and_keeps_the_event(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "apprise", None)  # import apprise -> ImportError
+    fake = FakeBackend()
+    svc = service(tmp_path, [{"name": "slack", "on": ["failed"], "urls": ["slack://T1/B2/SECRETTOKEN"]}], fake)
+    svc.submit(command=["x"], name="t", max_attempts=1)
+    fake.set_state("t", 1, S.FAILED, exit_code=1)
+    svc.sync_cluster("lab")
+    (e,) = svc.outbox(pending=True)
+    assert "apprise" in (e.last_error or "") and "pip install 'hpcbridge[notify]'" in (e.last_error or "")
+    assert "SECRETTOKEN" not in (e.last_error or "")
+    svc.close()
+
+
+def test_cli_start_imports_no_notification_library(tmp_path) -> None:
+    code = ("import sys; from hpcbridge.cli import main; sys.argv = ['hpcbridge', 'tasks', 'list'];\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('APPRISE' if 'apprise' in sys.modules else 'CLEAN', file=sys.stderr)")  # fmt: skip
+    env = {"HPCBRIDGE_DB": str(tmp_path / "r.db"), "PATH": "/usr/bin:/bin", "XDG_CONFIG_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.stderr.strip().splitlines()[-1] == "CLEAN", done.stderr
+
+
+def test_migration_007_adds_the_outbox_to_an_older_registry_once(tmp_path) -> None:
+    import sqlite_utils
+
+    from hpcbridge.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(sqlite3.connect(path))
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for name, fn in MIGRATIONS[:6]:
+        fn(db)
+        db.execute("INSERT INTO _migrations VALUES (?, 0)", (name,))
+    db.conn.commit()
+    db.conn.close()
+    reg = Registry(path)
+    assert "007_events_outbox" in reg.applied_migrations()
+    assert "watch" in reg.db.table("attempts").columns_dict and reg.db.table("outbox").exists()
+    MIGRATIONS[6][1](reg.db)  # again: nothing fails
+    reg.close()
