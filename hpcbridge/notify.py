@@ -45,6 +45,7 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 EVENT_HEADER = "X-Hpcbridge-Event-Ids"
+KEEP_SECONDS = 30 * 86400.0  # finished outbox rows are forgotten after this
 COMMAND_TIMEOUT = 60.0
 MISSING_APPRISE = ("notification URLs need apprise, which is not installed",
                    "pip install 'hpcbridge[notify]' (or pip install apprise)")  # fmt: skip
@@ -95,6 +96,7 @@ def deliver(rt: Runtime, now: float | None = None) -> DeliveryReport:
 
 def _deliver(rt: Runtime, now: float, report: DeliveryReport) -> None:
     reg = rt.registry
+    outbox.prune(reg, now - KEEP_SECONDS)
     entries = outbox.due(reg, now)
     if not entries:
         return

@@ -123,8 +123,16 @@ def finish_quietly(reg: Registry, event_ids: Sequence[int]) -> None:
                       f" ({', '.join('?' * len(chunk))})", chunk)  # fmt: skip
 
 
+def prune(reg: Registry, older_than: float) -> int:
+    """Forget finished rows (delivered, given up, wanted by no rule) created before
+    ``older_than``; the events themselves stay in the task's history."""
+    with reg.transaction() as c:
+        cur = c.execute("DELETE FROM outbox WHERE status != ? AND created_at < ?", (PENDING, older_than))
+    return int(cur.rowcount or 0)
+
+
 def counts(reg: Registry) -> dict[str, int]:
     return {r[0]: r[1] for r in reg.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status")}
 
 
-__all__ = ["OutboxEntry", "counts", "due", "entries", "finish", "mark_delivered"]
+__all__ = ["OutboxEntry", "counts", "due", "entries", "finish", "mark_delivered", "prune"]

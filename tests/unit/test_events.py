@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,16 @@ def test_migration_007_adds_the_outbox_to_an_older_registry_once(tmp_path) -> No
     assert "watch" in reg.db.table("attempts").columns_dict and reg.db.table("outbox").exists()
     MIGRATIONS[6][1](reg.db)  # again: nothing fails
     reg.close()
+
+
+def test_finished_outbox_rows_are_pruned_pending_ones_kept(tmp_path) -> None:
+    fake = FakeBackend()
+    svc = service(tmp_path, [{"name": "x", "on": ["failed"], "command": ["/nonexistent"], "backoff": 0}], fake)
+    svc.submit(command=["x"], name="t", max_attempts=1)
+    fake.set_state("t", 1, S.FAILED, exit_code=1)
+    svc.sync_cluster("lab")
+    before = outbox.counts(svc.registry)
+    assert before.get("pending") == 1 and before.get("no_rule", 0) >= 1
+    assert outbox.prune(svc.registry, older_than=time.time() + 1) == before["no_rule"]
+    assert outbox.counts(svc.registry) == {"pending": 1}
+    svc.close()
