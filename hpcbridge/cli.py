@@ -279,6 +279,11 @@ def config_cmd(ctx: click.Context) -> None:
         click.echo(f"notify {rule.name}: on {','.join(rule.on)}{' (digest)' if rule.digest else ''} -> {to}")
     for warning in cfg.warnings:
         click.echo(f"warning: {warning}", err=True)
+    import importlib.util  # finds apprise without importing it
+
+    if any(r.urls for r in cfg.notify) and importlib.util.find_spec("apprise") is None:
+        click.echo("warning: notify rules send to URLs, but apprise is not installed; "
+                   "pip install 'hpcbridge[notify]'", err=True)  # fmt: skip
 
 
 cli.add_command(tasks)

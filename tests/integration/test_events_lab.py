@@ -51,3 +51,39 @@ def test_a_hung_job_is_stalled_and_cancelled_with_the_reason(service: Service,
     assert "stalled" not in kinds, "a job that keeps writing is never stalled"
     assert kinds.count("file_matched") == 1, kinds
     assert sizes and max(sizes) == 2, f"one watch command per cycle for both running tasks: {sizes}"
+
+
+def test_walltime_near_from_slurms_start_time_once(lab_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """walltime_near on a real job: its start time as Slurm reports it, its --time limit, a
+    warning share raised to 0.9 (warn with 54 s of 60 left) so the test need not wait a
+    minute; once per attempt."""
+    import dataclasses
+
+    from hpcbridge.config import load_config
+    from hpcbridge.registry import Registry
+    from hpcbridge.runtime import Runtime
+
+    cfg = load_config(lab_config)
+    lab = dataclasses.replace(cfg.cluster("lab"), walltime_warn_fraction=0.9)
+    config = dataclasses.replace(cfg, clusters={**cfg.clusters, "lab": lab})
+    svc = Service(Runtime(config, Registry(tmp_path / "r.db"), source="test"))
+    try:
+        task = svc.submit(script="sleep 40\n", cluster="lab", name="short", time="1")
+        drive_until(svc, task.id, lambda t: t.state is S.RUNNING, 120, "the job to start")
+        started = svc.attempts(task.id)[-1].started_at
+        assert started is not None
+
+        def warned() -> bool:
+            return any(e.notice.kind == "walltime_near" for e in outbox.entries(svc.registry, everything=True))
+
+        drive_until(svc, task.id, lambda t: warned(), 60, "walltime_near")
+        for _ in range(2):
+            svc.sync_cluster("lab")
+        (e,) = [e for e in outbox.entries(svc.registry, everything=True) if e.notice.kind == "walltime_near"]
+        assert "of its 60 s time limit left" in e.notice.detail, e.notice.detail
+        assert e.notice.at - started >= 6 - 1, "not before 10% of the limit had passed"
+    finally:
+        active = [t.id for t in svc.list_tasks() if not t.state.terminal]
+        if active:
+            svc.kill(active)
+        svc.close()

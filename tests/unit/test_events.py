@@ -325,3 +325,15 @@ def test_finished_outbox_rows_are_pruned_pending_ones_kept(tmp_path) -> None:
     assert outbox.prune(svc.registry, older_than=time.time() + 1) == before["no_rule"]
     assert outbox.counts(svc.registry) == {"pending": 1}
     svc.close()
+
+
+def test_hpcbridge_config_says_when_url_rules_lack_apprise(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    conf = tmp_path / "config.toml"
+    conf.write_text('[[notify]]\nurls = ["ntfy://topic"]\n')
+    monkeypatch.setenv("HPCBRIDGE_DB", str(tmp_path / "r.db"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "apprise" else real(name, *a))
+    res = CliRunner().invoke(cli, ["--config", str(conf), "config"], catch_exceptions=False)
+    assert "apprise is not installed; pip install 'hpcbridge[notify]'" in res.output
