@@ -2,7 +2,8 @@
 writes once and hangs is found stalled by the one batched watch command (through the real
 sshd, ages on the cluster's clock) and, with on_stall = "cancel", ends `cancelled` with the
 stall as its reason; a job that keeps writing is never stalled and its watched file's regex
-fires once; every watch command covers all the watched running tasks."""
+fires once; every watch command covers all the watched running tasks; with on_stall =
+"requeue" the next attempt runs on another node; walltime_near from Slurm's start time."""
 
 from __future__ import annotations
 
@@ -87,3 +88,19 @@ def test_walltime_near_from_slurms_start_time_once(lab_config, tmp_path) -> None
         if active:
             svc.kill(active)
         svc.close()
+
+
+def test_on_stall_requeue_runs_the_next_attempt_on_another_node(service: Service) -> None:
+    """on_stall = "requeue" on the lab: the hung job is cancelled, the task waits as after a
+    node failure, and its next attempt's sbatch excludes the node it hung on."""
+    task = service.submit(script=HUNG, cluster="lab", name="hung-rq", time="00:10:00",
+                          stall_after="8s", on_stall="requeue", max_attempts=2)  # fmt: skip
+    drive_until(service, task.id, lambda t: t.attempt_count >= 2 and t.state is S.RUNNING, 300,
+                "the second attempt to run")  # fmt: skip
+    first, second = service.attempts(task.id)[:2]
+    assert first.nodes and second.nodes and first.nodes != second.nodes, (first.nodes, second.nodes)
+    fresh = service.get(task.id)
+    assert first.nodes in fresh.excluded_nodes, fresh.excluded_nodes
+    kinds = [e.notice.kind for e in outbox.entries(service.registry, everything=True) if e.notice.task_id == task.id]
+    assert kinds.count("stalled") == 1 and "node_failed" in kinds, kinds
+    service.kill([task.id])
