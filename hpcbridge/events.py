@@ -191,9 +191,9 @@ def parse_rule(table: Any, index: int, where: str, urls_from_file: Sequence[str]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise ConfigError(f"{at}: name {name!r} must be 1-64 letters, digits, '.', '-', '_'")
     on = _strs(at, "on", table.get("on", list(DEFAULT_ON)))
-    bad = sorted(set(on) - EVENT_NAMES)
+    bad = sorted(set(on) - OUTBOX_STATES)
     if bad:
-        raise ConfigError(f"{at}: unknown event(s) {bad} in 'on'", hint=f"allowed: {', '.join(sorted(EVENT_NAMES))}")
+        raise ConfigError(f"{at}: unknown event(s) {bad} in 'on'", hint=f"allowed: {', '.join(sorted(OUTBOX_STATES))}")
     urls = list(_strs(at, "urls", table.get("urls", [])))
     for var in _strs(at, "urls_env", table.get("urls_env", [])):
         value = (env or {}).get(var)
