@@ -120,6 +120,17 @@ def config_cmd(ctx: click.Context) -> None:
     for name, c in sorted(cfg.clusters.items()):
         where = f"{c.user + '@' if c.user else ''}{c.host}:{c.port or 22}" if c.transport == "ssh" else "this machine"
         click.echo(f"cluster {name}: backend={c.backend} transport={c.transport} ({where}) work_dir={c.work_dir}")
+    for rule in cfg.notify:  # URLs masked: they carry tokens and passwords
+        d = rule.describe()
+        to = ", ".join([*d["urls"], *([" ".join(d["command"])] if d["command"] else [])])
+        click.echo(f"notify {rule.name}: on {','.join(rule.on)}{' (digest)' if rule.digest else ''} -> {to}")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    import importlib.util  # finds apprise without importing it
+
+    if any(r.urls for r in cfg.notify) and importlib.util.find_spec("apprise") is None:
+        click.echo("warning: notify rules send to URLs, but apprise is not installed; "
+                   "pip install 'hpcbridge[notify]'", err=True)  # fmt: skip
 
 
 # Loaded when first used (`hpcbridge tasks list` never imports what `submit` needs).
@@ -128,6 +139,7 @@ cli.add_lazy_command("tasks", "hpcbridge.cli_tasks:tasks")
 cli.add_lazy_command("projects", "hpcbridge.cli_projects:projects")
 cli.add_lazy_command("report", "hpcbridge.cli_report:report")
 cli.add_lazy_command("clusters", "hpcbridge.cli_clusters:clusters")
+cli.add_lazy_command("events", "hpcbridge.cli_events:events")
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ Errors name the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -16,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .events import ON_STALL, NotifyRule, parse_duration, parse_rule
 from .lifecycle import RetryPolicy
 from .models import Resources
+
+log = logging.getLogger(__name__)
 
 APP = "hpcbridge"
 BACKENDS = ("local", "slurm")
@@ -119,6 +124,12 @@ class ClusterConfig:
     # Jobs of this user the cluster accepts at once (MaxSubmitJobs of the association or
     # QOS); hpcbridge keeps tasks over it waiting, visibly, instead of letting sbatch fail.
     max_submit_jobs: int | None = None
+    # Events (issue 12): a running task whose newest work-dir file is older than this is
+    # stalled (None: not watched unless the task sets --stall-after); what then; and the
+    # share of its time limit left at which a running attempt gets `walltime_near`.
+    stall_after: float | None = None
+    on_stall: str = "notify"
+    walltime_warn_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,8 @@ class Config:
     default_cluster: str
     path: Path | None = None  # the file it came from, None = built-in
     default_project: str | None = None  # project of tasks submitted without one
+    notify: tuple[NotifyRule, ...] = ()  # [[notify]] rules
+    warnings: tuple[str, ...] = ()  # e.g. a secrets file others can read
 
     def cluster(self, name: str | None) -> ClusterConfig:
         key = name or self.default_cluster
@@ -176,6 +189,9 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_array_size": int,
     "max_submit_jobs": int,
     "retry": dict,
+    "stall_after": (str, int, float),
+    "on_stall": str,
+    "walltime_warn_fraction": (int, float),
 }
 _RESOURCE_KEYS: dict[str, type | tuple[type, ...]] = {
     "partition": str,
@@ -217,11 +233,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], file: Path | None = None) -> Config:
     where = str(file) if file else "<config>"
-    unknown = set(data) - {"default_cluster", "default_project", "clusters"}
+    unknown = set(data) - {"default_cluster", "default_project", "clusters", "notify"}
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {sorted(unknown)}",
-            hint="allowed: default_cluster, default_project, [clusters.NAME]",
+            hint="allowed: default_cluster, default_project, [clusters.NAME], [[notify]]",
         )
     project = data.get("default_project")
     if project is not None:
@@ -239,7 +255,44 @@ def parse_config(data: Mapping[str, Any], file: Path | None = None) -> Config:
             f"{where}: default_cluster = {default!r} names no cluster",
             hint=f"defined clusters: {', '.join(sorted(clusters))}",
         )
-    return _with_project(Config(clusters, default, file), project)
+    rules, warnings = _parse_notify(data.get("notify", []), where, file)
+    config = Config(clusters, default, file, notify=rules, warnings=warnings)
+    return _with_project(config, project)
+
+
+def _parse_notify(tables: Any, where: str, file: Path | None) -> tuple[tuple[NotifyRule, ...], tuple[str, ...]]:
+    """The ``[[notify]]`` rules; URLs may come from the environment (``urls_env``) or a
+    separate file (``urls_file``, one URL a line), which should be readable by its owner only."""
+    if not isinstance(tables, list):
+        raise ConfigError(f"{where}: 'notify' must be an array of [[notify]] tables")
+    rules, warnings, names = [], [], set()
+    for i, table in enumerate(tables):
+        from_file: list[str] = []
+        if isinstance(table, dict) and "urls_file" in table:
+            raw = table["urls_file"]
+            if not isinstance(raw, str):
+                raise ConfigError(f"{where}: [[notify]] #{i + 1}: urls_file must be a path")
+            path = Path(raw).expanduser()
+            if not path.is_absolute() and file is not None:
+                path = file.parent / path
+            try:
+                mode = path.stat().st_mode
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{where}: [[notify]] #{i + 1}: cannot read urls_file {path}: {exc.strerror}") from None
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                warnings.append(f"{path} holds notification secrets and is readable by others"
+                                f" (mode {stat.filemode(mode)}); chmod 600 {path}")  # fmt: skip
+            from_file = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        rule = parse_rule({k: v for k, v in table.items() if k != "urls_file"} if isinstance(table, dict) else table,
+                          i, where, from_file, os.environ)  # fmt: skip
+        if rule.name in names:
+            raise ConfigError(f"{where}: two [[notify]] rules are named {rule.name!r}", hint="names must differ")
+        names.add(rule.name)
+        rules.append(rule)
+    for w in warnings:
+        log.warning("%s", w)
+    return tuple(rules), tuple(warnings)
 
 
 def check_project_name(name: str, what: str = "project") -> str:
@@ -252,7 +305,7 @@ def check_project_name(name: str, what: str = "project") -> str:
 def _with_project(config: Config, project: str | None) -> Config:
     """``config`` with ``project`` as its default project, on every cluster too."""
     clusters = {n: replace(c, default_project=project) for n, c in config.clusters.items()}
-    return Config(clusters, config.default_cluster, config.path, project)
+    return replace(config, clusters=clusters, default_project=project)
 
 
 def _check_type(where: str, key: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -309,6 +362,12 @@ def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
             raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
     if kwargs.get("price_per_core_hour", 0) < 0:
         raise ConfigError(f"{prefix}: price_per_core_hour must be >= 0, got {kwargs['price_per_core_hour']}")
+    if "stall_after" in kwargs:
+        kwargs["stall_after"] = parse_duration(kwargs["stall_after"], f"{prefix}: stall_after")
+    if kwargs.get("on_stall", "notify") not in ON_STALL:
+        raise ConfigError(f"{prefix}: on_stall = {kwargs['on_stall']!r}", hint=f"allowed: {', '.join(ON_STALL)}")
+    if not 0 < kwargs.get("walltime_warn_fraction", 0.1) < 1:
+        raise ConfigError(f"{prefix}: walltime_warn_fraction must be between 0 and 1")
     kwargs["defaults"] = Resources.from_dict(resources)
     return ClusterConfig(**kwargs)
 
@@ -323,7 +382,7 @@ def _apply_env(config: Config) -> Config:
                 f"HPCBRIDGE_CLUSTER={override!r} names no cluster",
                 hint=f"defined clusters: {', '.join(sorted(config.clusters))}",
             )
-        config = Config(config.clusters, override, config.path, config.default_project)
+        config = replace(config, default_cluster=override)
     project = os.environ.get("HPCBRIDGE_PROJECT")
     if project:
         config = _with_project(config, check_project_name(project, "HPCBRIDGE_PROJECT"))

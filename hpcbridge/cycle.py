@@ -25,6 +25,7 @@ from .errors import BackendError, ConfigError, ConflictError, HpcBridgeError, Tr
 from .leases import Lease
 from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
 from .models import Attempt, Task
+from .notify import deliver
 from .paths import missing_outputs
 from .reconcile import (
     NEVER_SUBMITTED,
@@ -35,6 +36,7 @@ from .reconcile import (
 )
 from .runtime import Runtime
 from .submission import gate_dependencies, start_attempts
+from .watch import watch_running
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -98,10 +100,30 @@ def sync_all(rt: Runtime, clusters: Sequence[str] | None = None) -> list[SyncRep
     """One cycle on each named cluster (default: every cluster with active tasks). A cluster
     that fails, or that left the config, is reported and the others go on."""
     names = list(clusters) if clusters else rt.registry.clusters_with_active_tasks(ACTIVE)
-    reports = []
+    reports: list[SyncReport] = []
+    try:
+        _sync_each(rt, names, bool(clusters), reports)
+    finally:
+        # Events committed by the cycles (or left by earlier ones, or by a crash) go out
+        # now, even when no cluster has work left.
+        deliver_outbox(rt)
+    return reports
+
+
+def deliver_outbox(rt: Runtime) -> None:
+    """Deliver the due outbox events; a delivery failure never fails the sync (the events
+    stay in the outbox and are retried)."""
+    try:
+        deliver(rt)
+    except Exception:  # noqa: BLE001 - notifications must never stop task tracking
+        log.exception("delivering notifications failed; the events stay in the outbox")
+
+
+def _sync_each(rt: Runtime, names: Sequence[str], named: bool, reports: list[SyncReport]) -> None:
+    clusters = named
     for name in names:
         try:
-            reports.append(sync_cluster(rt, name))
+            reports.append(sync_cluster(rt, name, notify=False))
         except ConfigError as exc:
             if clusters:  # the user named it: a usage error
                 raise
@@ -109,11 +131,11 @@ def sync_all(rt: Runtime, clusters: Sequence[str] | None = None) -> list[SyncRep
             report.errors.append(f"cluster {name!r} is not in the config; its tasks are left as they are ({exc.message})")
             log.warning("%s", report.errors[-1])
             reports.append(report)
-    return reports
 
 
-def sync_cluster(rt: Runtime, cluster: str) -> SyncReport:
-    """One bounded cycle on ``cluster``; returns at once when another process holds it."""
+def sync_cluster(rt: Runtime, cluster: str, *, notify: bool = True) -> SyncReport:
+    """One bounded cycle on ``cluster``; returns at once when another process holds it.
+    Then (unless ``notify`` is False) the outbox is delivered, after the cycle's commits."""
     report = SyncReport(cluster)
     started = time.monotonic()
     rt.cluster(cluster)  # unknown cluster -> ConfigError before locking
@@ -128,6 +150,8 @@ def sync_cluster(rt: Runtime, cluster: str) -> SyncReport:
                 report.unreachable = str(exc.message)
                 log.warning("cluster %s unreachable, tasks left as they were: %s", cluster, exc.message)
         report.changes = list(changes)
+    if notify:
+        deliver_outbox(rt)
     report.seconds = time.monotonic() - started
     return report
 
@@ -149,6 +173,14 @@ def _cycle(rt: Runtime, cluster: str, report: SyncReport) -> None:
         with reg.recording() as changes:
             _poll(rt, cluster, in_flight, attempts, strays, effects, report)
         _keep_tails(rt, cluster, changes, report)
+
+    # 1b. Watch running tasks: walltime warnings; stalls and watched files in one command.
+    try:
+        watch_running(rt, cluster, effects)
+    except TransportError:
+        raise
+    except HpcBridgeError as exc:  # the states are recorded; the watch looks again next cycle
+        report.errors.append(f"watch: {exc.message}")
 
     # 2. Cancels: what the user asked for, and jobs that must not run again.
     _cancel(rt, cluster, tasks, effects, report)

@@ -39,6 +39,8 @@ def run_daemon(service: Service, *, interval: float, clusters: list[str] | None 
             now = time.monotonic()
             due = [c for c in names if next_try.get(c, 0.0) <= now]
             try:
+                if not due:  # nothing to sync: notifications still go out
+                    service.deliver()
                 for report in service.sync(due) if due else []:
                     for tid, old, new in report.changes:
                         log.info("task %s: %s -> %s", tid, old, new)

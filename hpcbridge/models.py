@@ -117,6 +117,12 @@ class TaskSpec:
     array: bool = True  # may share a Slurm job array with tasks asking for the same resources
     max_running: int | None = None  # at most this many of its array run at once (%K)
     after: tuple[str, ...] = ()  # dependencies "TASKID:ok|any|notok": start only once met
+    # Events (issue 12): the task's own notification URLs, its stall threshold (seconds) and
+    # action (None: the cluster's), and the files it watches (PATH or PATH:REGEX).
+    notify: tuple[str, ...] = ()
+    stall_after: float | None = None
+    on_stall: str | None = None
+    watch_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.script):
@@ -156,6 +162,10 @@ class TaskSpec:
             "array": self.array,
             "max_running": self.max_running,
             "after": list(self.after),
+            **({"notify": list(self.notify)} if self.notify else {}),
+            **({"stall_after": self.stall_after} if self.stall_after is not None else {}),
+            **({"on_stall": self.on_stall} if self.on_stall else {}),
+            **({"watch_files": list(self.watch_files)} if self.watch_files else {}),
         }
 
     @classmethod
@@ -175,6 +185,10 @@ class TaskSpec:
             array=bool(data.get("array", True)),
             max_running=data.get("max_running"),
             after=tuple(data.get("after") or ()),
+            notify=tuple(data.get("notify") or ()),
+            stall_after=data.get("stall_after"),
+            on_stall=data.get("on_stall"),
+            watch_files=tuple(data.get("watch_files") or ()),
         )
 
 
@@ -204,6 +218,7 @@ class Attempt:
     stderr_tail: str | None = None  # last lines of its logs, kept when it ended badly
     stdout_tail: str | None = None
     eligible_at: float | None = None  # when the scheduler would have let it start
+    watch: Mapping[str, Any] | None = None  # stall readings, walltime warned, files seen
 
 
 @dataclass(frozen=True)

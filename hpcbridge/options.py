@@ -19,6 +19,7 @@ from typing import Any
 from .config import ClusterConfig, check_project_name
 from .deps import format_after, parse_after
 from .errors import ConfigError, UsageError
+from .events import ON_STALL, parse_duration, parse_watch
 from .lifecycle import RETRYABLE_NAMES, parse_retry_on
 from .models import Resources, TaskSpec
 from .paths import check_output_pattern
@@ -74,6 +75,10 @@ class SubmitOptions:
     array: bool | None = _opt(BOOL, "Let tasks asking for the same resources share a Slurm job array (default: yes).")
     max_running: int | None = _opt(INT, "At most this many tasks of the submission's array(s) run at once.")
     after: tuple[str, ...] = _opt(STR_LIST, "Start only after task ID ended: ID[:ok|any|notok] (repeatable; ok by default).")
+    notify: tuple[str, ...] = _opt(STR_LIST, "Notification URL for this task's events, e.g. ntfy://topic (repeatable; needs hpcbridge[notify]).")
+    stall_after: str | None = _opt(STR, "Stalled when the newest file in the work dir is older than this, e.g. 30m.")
+    on_stall: str | None = _opt(STR, "What a stall does: notify (default), cancel or requeue.")
+    watch_file: tuple[str, ...] = _opt(STR_LIST, "PATH[:REGEX]: an event when PATH appears in the work dir (or REGEX matches in it) (repeatable).")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, where: str = "") -> SubmitOptions:
@@ -181,6 +186,17 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
     check_sbatch_options(opts.sbatch_options)
     if opts.signal:
         check_signal(opts.signal)
+    try:
+        stall_after = parse_duration(opts.stall_after, "--stall-after") if opts.stall_after else None
+        for item in opts.watch_file:
+            parse_watch(item)
+    except ConfigError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
+    if opts.on_stall is not None and opts.on_stall not in ON_STALL:
+        raise UsageError(f"on_stall {opts.on_stall!r} is not one of {', '.join(ON_STALL)}")
+    for url in opts.notify:
+        if "://" not in url:
+            raise UsageError("--notify takes a notification URL", hint="e.g. ntfy://my-topic, mailto://..., json://host:port/path")
     project = opts.project or cfg.default_project
     if project is not None:
         try:
@@ -198,7 +214,8 @@ def build_spec(opts: SubmitOptions, cfg: ClusterConfig) -> tuple[TaskSpec, dict[
         resources=resources, retry=policy,
         require_outputs=cfg.require_outputs if opts.require_outputs is None else opts.require_outputs,
         project=project, array=cfg.arrays if opts.array is None else opts.array,
-        max_running=opts.max_running, after=after,
+        max_running=opts.max_running, after=after, notify=tuple(opts.notify),
+        stall_after=stall_after, on_stall=opts.on_stall, watch_files=tuple(opts.watch_file),
     )  # fmt: skip
     return spec, dict(opts.metadata)
 

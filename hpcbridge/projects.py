@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,30 +33,16 @@ if TYPE_CHECKING:  # the service is passed in; options and sweeps are imported w
 
 S = TaskState
 
+
+def time_limit_seconds(text: str | None) -> float | None:
+    """A Slurm time limit in seconds (``slurm.usage.time_limit_seconds``, imported when used)."""
+    from .slurm.usage import time_limit_seconds as parse
+
+    return parse(text)
+
 # What "queued and running" means for committed core-hours: the job is (or may be) at the
 # scheduler and not over.
 COMMITTED_STATES = frozenset({S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED})
-
-_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
-
-
-def time_limit_seconds(text: str | None) -> float | None:
-    """A ``--time`` value (Slurm's syntax) in seconds: ``M``, ``M:S``, ``H:M:S``, ``D-H``,
-    ``D-H:M``, ``D-H:M:S``. None for no value, ``UNLIMITED``/``INFINITE``, or a form Slurm
-    would refuse (nothing to multiply)."""
-    value = (text or "").strip()
-    m = _TIME.match(value)
-    if not m:
-        return None
-    days, a, b, c = m.groups()
-    if days is not None:  # D-H[:M[:S]]
-        return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    if c is not None:  # H:M:S
-        return int(a) * 3600 + int(b) * 60 + int(c)
-    if b is not None:  # M:S
-        return int(a) * 60 + int(b)
-    return int(a) * 60.0  # M
-
 
 @dataclass(frozen=True)
 class ProjectSummary:

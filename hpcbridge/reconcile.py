@@ -10,7 +10,7 @@ lifecycle states (``JobInfo.state``, ``JobInfo.requeue_states``): nothing here k
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .leases import lease_alive
@@ -130,7 +130,15 @@ def apply_observation(
     # An interruption reported *as current* means this job is over (a scheduler that
     # requeues by itself shows PENDING with a higher restart count instead, handled above),
     # so whether a new attempt follows is the retry policy's call.
-    plan = plan_transition(current, info.state, policy=policy, attempts_done=att.number)
+    observed = info.state
+    stall = att.watch or {}
+    if observed == S.CANCELLED and stall.get("requeue"):
+        # hpcbridge cancelled it for a stall (on_stall = "requeue"): retried as a node
+        # failure is, the node it hung on excluded from the next attempt.
+        observed = S.NODE_FAILED
+        policy = replace(policy, retry_on=policy.retry_on | {S.NODE_FAILED}, exclude_failed_nodes=True)
+        nodes = nodes or node_names(att.nodes)  # the node it hung on, seen while it ran
+    plan = plan_transition(current, observed, policy=policy, attempts_done=att.number)
     path.extend(plan.path)
     if not path:
         reg.update_attempt(task.id, att.number, afields)
@@ -147,6 +155,9 @@ def apply_observation(
         tfields["ended_at"] = info.end_time or now
         tfields["exit_code"] = info.exit_code
         tfields["reason"] = plan.reason or _end_reason(info)
+        if stall.get("cancel_reason") and final in (S.CANCELLED, S.NODE_FAILED, S.FAILED):
+            # Cancelled by hpcbridge's stall watch (on_stall): say so, not "CANCELLED by uid".
+            tfields["reason"] = stall["cancel_reason"] + (f"; {plan.reason}" if plan.reason else "")
         if info.job_alive:
             # The scheduler still holds the job (e.g. requeued held after a launch failure):
             # it must go before a new attempt, or it would run as a second copy on release.

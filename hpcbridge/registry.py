@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
+from .events import OUTBOX_STATES
 from .lifecycle import TaskState, check_transition
 from .models import Attempt, Event, Task
 from .registry_queries import (
@@ -341,7 +342,9 @@ class Registry:
                 + (f" on attempt {expected_attempt}" if expected_attempt is not None else "")
                 + f", found {row[0]} on attempt {row[1]}; {expected.value} -> {new.value} not applied"
             )
-        self._event(c, task_id, "state", source, expected.value, new.value, attempt, detail, now)
+        event_id = self._event(c, task_id, "state", source, expected.value, new.value, attempt, detail, now)
+        if new.value in OUTBOX_STATES:  # same transaction: the event is never lost
+            self._outbox(c, event_id, task_id, now)
         self._pending.append((task_id, expected.value, new.value))
 
     def update_task(
@@ -502,6 +505,24 @@ class Registry:
         with self.transaction() as c:
             self._event(c, task_id, kind, source, None, None, attempt, detail)
 
+    def add_notice(self, task_id: str, kind: str, detail: str, *, source: str,
+                   attempt: int | None = None, watch: Mapping[str, Any] | None = None) -> int:  # fmt: skip
+        """An event that is no state change (``stalled``, ``walltime_near``, a watched file)
+        and its outbox row, in one transaction; with ``watch`` the attempt's watch state is
+        written in it too, so a notice is recorded exactly when its "already said" mark is."""
+        with self.transaction() as c:
+            now = time.time()
+            event_id = self._event(c, task_id, kind, source, None, None, attempt, detail, now)
+            self._outbox(c, event_id, task_id, now)
+            if watch is not None and attempt is not None:
+                c.execute("UPDATE attempts SET watch = ? WHERE task_id = ? AND number = ?",
+                          (json.dumps(dict(watch)), task_id, attempt))  # fmt: skip
+        return event_id
+
+    def _outbox(self, c: sqlite3.Connection, event_id: int, task_id: str, now: float) -> None:
+        c.execute("INSERT INTO outbox (event_id, task_id, next_try_at, created_at) VALUES (?, ?, ?, ?)",
+                  (event_id, task_id, now, now))  # fmt: skip
+
     def _event(
         self,
         c: sqlite3.Connection,
@@ -513,12 +534,13 @@ class Registry:
         attempt: int | None,
         detail: str,
         at: float | None = None,
-    ) -> None:
-        c.execute(
+    ) -> int:
+        cur = c.execute(
             "INSERT INTO events (task_id, at, kind, source, from_state, to_state, attempt, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (task_id, at or time.time(), kind, source, from_state, to_state, attempt, detail),
         )
+        return int(cur.lastrowid or 0)
 
     def events(self, task_id: str) -> list[Event]:
         rows = self.conn.execute(

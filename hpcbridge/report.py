@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .events import mask_url
 from .models import Attempt, Event, Task
 
 # Diagnostics and Slurm's usage figures are imported where a report needs them: the task
@@ -89,11 +90,18 @@ def event_dict(e: Event) -> dict[str, Any]:
     }
 
 
+def _masked_spec(task: Task) -> dict[str, Any]:
+    spec = task.spec.to_dict()
+    if spec.get("notify"):  # notification URLs carry tokens: never shown in full
+        spec["notify"] = [mask_url(u) for u in spec["notify"]]
+    return spec
+
+
 def task_info(task: Task, attempts: Sequence[Attempt], events: Sequence[Event], *,
               lines: int = 10, thresholds: Thresholds | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         **task_summary(task),
-        "spec": task.spec.to_dict(),
+        "spec": _masked_spec(task),
         "metadata": dict(task.metadata),
         "timings": {
             "created": iso(task.created_at),

@@ -155,6 +155,23 @@ def m006_projects_metadata(db: sqlite_utils.Database) -> None:
                " WHERE j.type = 'text'")  # fmt: skip
 
 
+def m007_events_outbox(db: sqlite_utils.Database) -> None:
+    # Issue 12: the outbox. A row per notifiable event, written in the transaction of the
+    # transition (or notice) that caused it; delivery after the commit marks each rule
+    # target done (`done`, JSON list), retries with backoff (`tries`, `next_try_at`) and
+    # gives up after a bound (status 'given_up', the last error kept). The attempt's watch
+    # state (stall readings, walltime warned, files seen) rides on the attempt as JSON.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS outbox (event_id INTEGER PRIMARY KEY REFERENCES events(id),"
+        " task_id TEXT NOT NULL REFERENCES tasks(id), status TEXT NOT NULL DEFAULT 'pending',"
+        " tries INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL, done TEXT NOT NULL DEFAULT '[]',"
+        " last_error TEXT, created_at REAL NOT NULL, delivered_at REAL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_outbox_status_next ON outbox (status, next_try_at)")
+    if "watch" not in db.table("attempts").columns_dict:
+        db.table("attempts").add_column("watch", str)
+
+
 MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
     ("001_initial", m001_initial),
     ("002_scheduler_budget", m002_scheduler_budget),
@@ -162,6 +179,7 @@ MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
     ("004_leases", m004_leases),
     ("005_monitoring", m005_monitoring),
     ("006_projects_metadata", m006_projects_metadata),
+    ("007_events_outbox", m007_events_outbox),
 )
 
 TASK_COLUMNS = (
@@ -221,6 +239,7 @@ def row_to_attempt(row: sqlite3.Row) -> Attempt:
         stderr_tail=_col(row, "stderr_tail"),
         stdout_tail=_col(row, "stdout_tail"),
         eligible_at=_col(row, "eligible_at"),
+        watch=_json_or_none(row, "watch"),
     )
 
 
@@ -240,7 +259,7 @@ def _json_or_none(row: sqlite3.Row, name: str) -> Any:
 
 
 # Attempt columns stored as JSON text.
-JSON_ATTEMPT_FIELDS = frozenset({"backend_ref", "usage", "queue"})
+JSON_ATTEMPT_FIELDS = frozenset({"backend_ref", "usage", "queue", "watch"})
 
 
 JSON_TASK_FIELDS = {"metadata", "spec"}

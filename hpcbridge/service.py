@@ -31,7 +31,9 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from .backends.base import Backend, PollRequest
     from .cycle import SyncReport
+    from .notify import DeliveryReport
     from .options import SubmitOptions
+    from .outbox import OutboxEntry
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -212,6 +214,28 @@ class Service:
         from .cycle import sync_cluster
 
         return sync_cluster(self.runtime, cluster)
+
+    # -- notifications ---------------------------------------------------------------------
+    def outbox(self, *, pending: bool = False, task_id: str | None = None, limit: int = 200,
+               everything: bool = False) -> list[OutboxEntry]:  # fmt: skip
+        """The newest outbox events a rule wanted (all with ``everything``; only those not
+        delivered yet with ``pending``)."""
+        from .outbox import entries
+
+        return entries(self.registry, pending=pending, task_id=self.resolve(task_id) if task_id else None,
+                       limit=limit, everything=everything)  # fmt: skip
+
+    def deliver(self) -> DeliveryReport:
+        """Deliver the due outbox events now (every sync does this after its cycle)."""
+        from .notify import deliver
+
+        return deliver(self.runtime)
+
+    def test_notify(self, rule: str) -> list[tuple[str, str | None]]:
+        """Send a test message through each target of a ``[[notify]]`` rule."""
+        from .notify import send_test
+
+        return send_test(self.runtime, rule)
 
     # -- cancel ----------------------------------------------------------------------------
     def kill(self, task_ids: Sequence[str]) -> list[KillResult]:

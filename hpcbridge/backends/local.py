@@ -28,6 +28,7 @@ from ..models import FileInfo, JobInfo, Task
 from ..paths import META_DIR, check_work_path, input_name, log_name, marker_dir, match_outputs
 from ..transport.base import RemoteFileError, RemoteFileNotFound, tail_bytes
 from .base import PollRequest, SubmitOutcome, SubmitRequest
+from .slurm_watch import WatchRequest, WatchResult, run_watch_locally
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,10 @@ class LocalBackend:
                 if stat.S_ISREG(st.st_mode):
                     out.append(FileInfo(full.relative_to(root).as_posix(), st.st_size, st.st_mtime))
         return sorted(out, key=lambda f: f.path)
+
+    def watch(self, requests: Sequence[WatchRequest]) -> WatchResult:
+        """The same one batched script as on a cluster (slurm_watch), run here."""
+        return run_watch_locally(requests)
 
     def read_work_file(self, task: Task, path: str, tail: int | None) -> str:
         rel = check_work_path(path)

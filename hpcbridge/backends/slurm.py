@@ -36,6 +36,7 @@ from .batch_fetch import FetchItem, fetch_batch
 from .slurm_files import SlurmFilesMixin
 from .slurm_inputs import stage_inputs
 from .slurm_monitor import SlurmMonitoring
+from .slurm_watch import SlurmWatchMixin
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ SUBMIT_CHUNK = 500  # requests per remote script (keeps scripts far below ARG_MA
 ZONE_TTL_SECONDS = 600.0
 
 
-class SlurmBackend(SlurmMonitoring, SlurmFilesMixin):
+class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
     name = "slurm"
     scheduler_requeues = True
 

@@ -77,6 +77,27 @@ def parse_size(text: str | None, *, unit: str = "") -> int | None:
     return int(round(float(m[1]) * 1024**power))
 
 
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
+
+
+def time_limit_seconds(text: str | None) -> float | None:
+    """A ``--time`` value (Slurm's syntax) in seconds: ``M``, ``M:S``, ``H:M:S``, ``D-H``,
+    ``D-H:M``, ``D-H:M:S``. None for no value, ``UNLIMITED``/``INFINITE``, or a form Slurm
+    would refuse (nothing to multiply)."""
+    value = (text or "").strip()
+    m = _TIME.match(value)
+    if not m:
+        return None
+    days, a, b, c = m.groups()
+    if days is not None:  # D-H[:M[:S]]
+        return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    if c is not None:  # H:M:S
+        return int(a) * 3600 + int(b) * 60 + int(c)
+    if b is not None:  # M:S
+        return int(a) * 60 + int(b)
+    return int(a) * 60.0  # M
+
+
 def parse_duration(text: str | None) -> float | None:
     """A duration as Slurm prints it -> seconds: ``[D-]HH:MM:SS``, ``MM:SS.mmm`` (TotalCPU
     below an hour), ``00:MM:SS``. ``UNLIMITED``, ``Partition_Limit``, empty -> None (no

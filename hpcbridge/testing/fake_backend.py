@@ -7,6 +7,7 @@ package docstring (:mod:`hpcbridge.testing`) shows it driving the sync cycle.
 from __future__ import annotations
 
 import posixpath
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..backends.base import PollRequest, SubmitOutcome, SubmitRequest
+from ..backends.slurm_watch import WatchRequest, WatchResult
 from ..errors import (
     BackendError,
     CommandTimeout,
@@ -165,7 +167,7 @@ class FakeBackend:
     def fail(self, method: str, error: BaseException | None = None, *, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` (``"poll"``, ``"submit"``, ``"prepare"``,
         ``"cancel"``, ``"fetch_outputs"``, ``"read_log"``, ``"list_work_dir"``,
-        ``"read_work_file"``) raise ``error``; the default is
+        ``"read_work_file"``, ``"watch"``) raise ``error``; the default is
         a ``TransportError`` (the cluster cannot be reached: nothing is known)."""
         if method not in _METHODS:
             raise ValueError(f"unknown Backend method {method!r}; one of {sorted(_METHODS)}")
@@ -366,7 +368,22 @@ class FakeBackend:
             data = files[rel][0]
             return (data if tail is None else tail_bytes(data, tail)).decode("utf-8", errors="replace")
 
-    def _work_files(self, task: Task) -> dict[str, tuple[bytes, float]]:
+    def watch(self, requests: Sequence[WatchRequest]) -> WatchResult:
+        """Newest mtime and watched items from the files of ``set_files`` / ``set_outputs``
+        / ``set_log`` (regexes with Python's ``re.search``; the real script uses grep -E)."""
+        with self._lock:
+            self._record("watch", list(requests))
+            result = WatchResult(now=time.time())
+            for r in requests:
+                files = self._work_files(_Named(r.task_id, r.task_name))
+                result.newest[r.token] = max((at for _d, at in files.values()), default=None)
+                result.hits[r.token] = {
+                    i: path in files and (regex is None or re.search(regex, files[path][0].decode(errors="replace")) is not None)
+                    for i, (path, regex) in enumerate(r.items)
+                }  # fmt: skip
+            return result
+
+    def _work_files(self, task: Task | _Named) -> dict[str, tuple[bytes, float]]:
         # you hold self._lock
         out: dict[str, tuple[bytes, float]] = {}
         for (key, attempt, stream), text in self._logs.items():
@@ -459,7 +476,15 @@ class FakeBackend:
 
 _METHODS: Final = frozenset({"prepare", "submit", "poll", "cancel", "fetch_outputs",
                              "fetch_outputs_many", "read_log",
-                             "list_work_dir", "read_work_file"})
+                             "list_work_dir", "read_work_file", "watch"})
+
+
+@dataclass(frozen=True)
+class _Named:
+    """What ``_work_files`` reads of a task: its id and name."""
+
+    id: str
+    name: str
 
 
 def _as_steps(items: ScriptItem | Sequence[ScriptItem]) -> tuple[ScriptItem, ...]:
