@@ -20,6 +20,7 @@ from . import projects as proj
 from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
 from .cli_projects import projects
 from .cli_tasks import tasks
+from .cli_top import top
 from .errors import UsageError
 from .lifecycle import RETRYABLE_NAMES, TaskState
 from .options import SubmitOptions, option_fields
@@ -276,6 +277,7 @@ def config_cmd(ctx: click.Context) -> None:
 
 cli.add_command(tasks)
 cli.add_command(projects)
+cli.add_command(top)
 
 
 def main() -> None:

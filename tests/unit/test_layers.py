@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "schema", "slurm"),
     ("diagnostics",),
     ("report",),
+    ("topview", "progress"),
     ("transport",),
     ("backends",),
     ("registry_queries",),
@@ -34,8 +35,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("service",),
     ("projects",),
     ("api", "daemon", "testing"),
+    ("tui",),
     ("cli_common",),
-    ("cli_tasks", "cli_projects"),
+    ("cli_tasks", "cli_projects", "cli_top"),
     ("cli", "__init__"),
     ("__main__",),
 ]

@@ -1,0 +1,128 @@
+"""``hpcbridge top`` and ``--watch`` on the real lab cost the scheduler nothing: slurmctld's
+own RPC counter (``sdiag``, by user) does not move for the lab user while ``top`` (through
+Textual's pilot) and ``tasks list / tasks info / projects list --watch 0.2`` (subprocesses,
+several refreshes each) draw a registry of real lab tasks; one sync, as a control, moves it.
+
+With HPCBRIDGE_TOP_SVG=PATH the test also saves the screenshot of ``top`` that README shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcbridge.lifecycle import TaskState
+from hpcbridge.service import Service
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.integration
+S = TaskState
+PROJECT = "lab-views"
+
+
+def rpc_count(user: str) -> int:
+    """The lab user's RPC count in ``sdiag`` ("Remote Procedure Call statistics by user")."""
+    out = subprocess.run(["sdiag"], capture_output=True, text=True, timeout=30, check=True).stdout
+    by_user = out.split("statistics by user", 1)[1]
+    m = re.search(rf"^\s*{re.escape(user)}\s+\(\s*\d+\)\s+count:(\d+)", by_user, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def quiet_count(user: str, timeout: float = 60) -> int:
+    """The count once it holds still for 2 s (jobs of this test starting or ending make RPCs
+    of their own, as the lab user): the window the views are measured in."""
+    deadline = time.monotonic() + timeout
+    last = rpc_count(user)
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = rpc_count(user)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"{user}'s RPC count never held still for 2 s")
+
+
+def watch_rounds(argv: list[str], rounds: int, env: dict[str, str]) -> str:
+    """Run ``hpcbridge ARGV --watch 0.2`` until it has drawn ``rounds`` blocks, then Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpcbridge", *argv, "--watch", "0.2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    seen, out = 0, []
+    deadline = time.monotonic() + 60
+    while seen < rounds and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out.append(line)
+        seen += line.startswith("--- ")
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert seen >= rounds, "".join(out) + err
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    return "".join(out) + rest
+
+
+def test_top_and_watch_run_no_scheduler_command(service: Service, lab_config: Path, tmp_path: Path) -> None:
+    user = service.cluster("lab").user or "hpcblab"
+    ids = {}
+    for name, cmd, extra in (("ok", ["true"], {}), ("bad", ["sh", "-c", "echo boom >&2; exit 3"], {}),
+                             ("held", ["sleep", "300"], {"sbatch_options": ["--hold"]}),
+                             ("run-a", ["sleep", "300"], {}), ("run-b", ["sleep", "300"], {})):  # fmt: skip
+        ids[name] = service.submit(command=cmd, name=name, cluster="lab", project=PROJECT, cpus=1,
+                                   time="00:06:00", **extra).id  # fmt: skip
+    want = {"ok": S.SUCCEEDED, "bad": S.FAILED, "held": S.HELD, "run-a": S.RUNNING, "run-b": S.RUNNING}
+
+    def settled() -> bool:
+        service.sync_cluster("lab")
+        return all(service.get(ids[n]).state == s for n, s in want.items())
+
+    wait_for(settled, 120, "tasks succeeded, failed, held and running", interval=1.0)
+
+    env = {**os.environ, "HPCBRIDGE_CONFIG": str(lab_config), "HPCBRIDGE_DB": str(service.registry.path)}
+    before = quiet_count(user)
+    outputs = {" ".join(a): watch_rounds(a, 5, env) for a in
+               (["tasks", "list"], ["tasks", "info", ids["bad"]], ["projects", "list"])}  # fmt: skip
+    svg = os.environ.get("HPCBRIDGE_TOP_SVG")
+    refreshes = asyncio.run(run_top(service, ids, svg))
+    after = rpc_count(user)
+    assert after == before, f"{after - before} RPC(s) by {user} while top and --watch ran"
+    assert refreshes >= 5
+    assert ids["run-a"] in outputs["tasks list"] and "\x1b" not in outputs["tasks list"]
+    assert "exit code 3" in outputs[f"tasks info {ids['bad']}"]
+    assert PROJECT in outputs["projects list"]
+
+    # The control: one sync (squeue, ...) does show in the same counter.
+    service.sync_cluster("lab")
+    assert rpc_count(user) > after
+
+
+async def run_top(svc: Service, ids: dict[str, str], svg: str | None) -> int:
+    from hpcbridge.tui import TopApp
+
+    app = TopApp(svc, interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        start = app.refreshes
+        for _ in range(200):
+            if app.refreshes >= start + 5:
+                break
+            await pilot.pause(0.1)
+        text = "\n".join(app.table.render_line(y).text for y in range(app.table.size.height))
+        for name in ("ok", "bad", "held", "run-a"):
+            assert ids[name] in text, text
+        assert "JobHeldUser" in text, text  # Slurm's reason for the held task, from the registry
+        while app.table.current != ids["bad"]:
+            await pilot.press("down")
+        await pilot.pause()
+        assert "boom" in str(app.detail.render())  # the failure's stderr tail, kept in the registry
+        if svg:
+            app.save_screenshot(filename=Path(svg).name, path=str(Path(svg).parent))
+        return app.refreshes - start
