@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from . import transfers
 from .errors import HpcBridgeError, UsageError, WaitTimeout
 from .lifecycle import TaskState
 from .models import Task
@@ -24,7 +25,11 @@ EXIT_TIMEOUT = 3
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.parent is not None or transfers.watching() or not is_terminal(err=True):
+                return super().invoke(ctx)
+            # On a terminal every command shows long uploads and downloads (bytes, rate).
+            with transfers.observe_transfers(transfer_printer()):
+                return super().invoke(ctx)
         except HpcBridgeError as exc:
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
@@ -154,3 +159,36 @@ def progress_bar(label: str = "") -> Any:
 
     show.close = close  # type: ignore[attr-defined]
     return show
+
+
+# ---------------------------------------------------------------------------- transfers
+TRANSFER_SHOWN_AFTER = 1.0  # seconds: a file that takes less goes by without a line
+TRANSFER_REDRAW = 0.2  # seconds between redraws of a transfer's line
+
+
+def transfer_printer(clock: Callable[[], float] = time.monotonic, *, shown_after: float = TRANSFER_SHOWN_AFTER,
+                     redraw: float = TRANSFER_REDRAW) -> transfers.TransferObserver:  # fmt: skip
+    """A transfer observer that draws, on stderr, one line per file that takes longer than
+    ``shown_after`` seconds: its name, the bytes so far (of all) and the rate, redrawn in
+    place at most every ``redraw`` seconds and left on screen when the file is done."""
+    from .progress import transfer_line
+
+    state: dict[str, Any] = {"key": None, "start": 0.0, "drawn": 0.0}
+
+    def observe(direction: str, name: str, done: int, total: int | None) -> None:
+        now = clock()
+        key = (direction, name)
+        if state["key"] != key or done == 0 and state["key"] == key and state["drawn"] == -1.0:
+            state.update(key=key, start=now, drawn=0.0)
+        elapsed = now - state["start"]
+        finished = total is not None and done >= total
+        if elapsed < shown_after or state["drawn"] == -1.0:
+            return
+        if not finished and now - state["drawn"] < redraw:
+            return
+        width = max(40, shutil.get_terminal_size((80, 24)).columns - 1)
+        line = transfer_line(f"{direction} {name}", done, total, elapsed, width=width)
+        click.echo("\r" + line + "\x1b[K", err=True, nl=finished, color=True)
+        state["drawn"] = -1.0 if finished else now
+
+    return observe

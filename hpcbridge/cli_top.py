@@ -12,6 +12,7 @@ from .cli_common import service
 from .errors import UsageError
 from .lifecycle import TaskState
 from .service import Service
+from .transfers import observe_transfers
 
 
 @click.command("top")
@@ -51,4 +52,5 @@ def top(ctx: click.Context, do_sync: bool, sync_interval: float, interval: float
 
     app = tui.TopApp(svc, interval=interval, project=project, state=state,
                      sync_service=sync_service if do_sync else None, sync_interval=sync_interval)  # fmt: skip
-    app.run()
+    with observe_transfers(None):  # no progress lines over the full screen
+        app.run()

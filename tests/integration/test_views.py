@@ -126,3 +126,24 @@ async def run_top(svc: Service, ids: dict[str, str], svg: str | None) -> int:
         if svg:
             app.save_screenshot(filename=Path(svg).name, path=str(Path(svg).parent))
         return app.refreshes - start
+
+
+def test_sftp_uploads_and_downloads_report_their_bytes(service: Service, tmp_path: Path) -> None:
+    """paramiko's put/get callbacks reach the observer the CLI draws bytes and rate from."""
+    from hpcbridge.transfers import observe_transfers
+
+    transport = service.backend("lab").transport  # type: ignore[attr-defined]
+    src = tmp_path / "input.bin"
+    src.write_bytes(os.urandom(3 * 2**20))
+    remote = f"{service.cluster('lab').work_dir}/views-transfer-{os.getpid()}.bin"
+    seen: list[tuple] = []
+    with observe_transfers(lambda *a: seen.append(a)):
+        transport.put(src, remote)
+        transport.get(remote, tmp_path / "back.bin")
+    transport.run(["rm", "-f", remote])
+    ups = [s for s in seen if s[0] == "upload"]
+    downs = [s for s in seen if s[0] == "download"]
+    assert len(ups) > 2 and ups[-1] == ("upload", "input.bin", 3 * 2**20, 3 * 2**20)
+    assert all(a[2] <= b[2] for a, b in zip(ups, ups[1:], strict=False))  # counting up
+    assert downs and downs[-1][2:] == (3 * 2**20, 3 * 2**20)
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[2] / "hpcbridge"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("lifecycle",),
-    ("models", "paths", "leases", "sweep"),
+    ("models", "paths", "leases", "sweep", "transfers"),
     ("config", "schema", "slurm"),
     ("diagnostics",),
     ("report",),

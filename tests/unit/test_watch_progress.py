@@ -154,3 +154,35 @@ def test_no_other_command_imports_textual_or_rich(env):
             "print(r.exit_code, sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "[]"], out
+
+
+def test_a_long_transfer_shows_bytes_and_rate_and_a_short_one_nothing(capsys) -> None:
+    from hpcbridge.cli_common import transfer_printer
+
+    now = [0.0]
+    observe = transfer_printer(lambda: now[0], shown_after=1.0, redraw=0.2)
+    observe("upload", "small.dat", 0, 100)
+    observe("upload", "small.dat", 100, 100)  # done within a second: no line
+    assert capsys.readouterr().err == ""
+    mib = 2**20
+    for i in range(0, 41):
+        now[0] = 10.0 + i * 0.1
+        observe("upload", "big.dat", i * mib, 40 * mib)
+    err = capsys.readouterr().err
+    assert err.endswith("\rupload big.dat  40.0 MiB of 40.0 MiB (100%)  10.0 MiB/s\x1b[K\n")
+    assert 5 <= err.count("\r") <= 20  # redrawn in place, at most every 0.2 s
+    assert "\n" not in err[:-1]  # one line, left on screen when done
+
+
+def test_transfers_are_reported_only_where_someone_watches() -> None:
+    from hpcbridge.transfers import observe_transfers, transfer_callback
+
+    assert transfer_callback("upload", "x") is None
+    seen: list[tuple] = []
+    with observe_transfers(lambda *a: seen.append(a)):
+        cb = transfer_callback("download", "out.h5")
+        assert cb is not None
+        cb(5, 10)
+        with observe_transfers(None):
+            assert transfer_callback("upload", "y") is None
+    assert seen == [("download", "out.h5", 5, 10)] and transfer_callback("upload", "x") is None
