@@ -140,6 +140,7 @@ cli.add_lazy_command("projects", "hpcbridge.cli_projects:projects")
 cli.add_lazy_command("report", "hpcbridge.cli_report:report")
 cli.add_lazy_command("clusters", "hpcbridge.cli_clusters:clusters")
 cli.add_lazy_command("events", "hpcbridge.cli_events:events")
+cli.add_lazy_command("top", "hpcbridge.cli_top:top")
 
 
 def main() -> None:

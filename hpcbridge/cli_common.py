@@ -5,12 +5,15 @@ invocation, ``key=value`` parsing and the progress lines of a wait."""
 from __future__ import annotations
 
 import importlib
+import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
 
+from . import transfers
 from .errors import HpcBridgeError, UsageError, WaitTimeout
 from .lifecycle import TaskState
 from .models import Task
@@ -55,7 +58,11 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            if ctx.parent is not None or transfers.watching() or not is_terminal(err=True):
+                return super().invoke(ctx)
+            # On a terminal every command shows long uploads and downloads (bytes, rate).
+            with transfers.observe_transfers(transfer_printer()):
+                return super().invoke(ctx)
         except HpcBridgeError as exc:
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
@@ -98,3 +105,123 @@ def progress_printer(svc: Service) -> Any:
                 click.echo(f"{time.strftime('%H:%M:%S')} {t.id} {line}", err=True)
 
     return show
+
+
+# ---------------------------------------------------------------------------- watch modes
+DEFAULT_WATCH_SECONDS = 2.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen (what `watch` and click.clear do)
+
+
+def is_terminal(err: bool = False) -> bool:
+    """Whether stdout (or stderr) is a terminal: the switch between drawing in place and
+    printing plain lines."""
+    stream: Any = sys.stderr if err else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def watch_option(default: float = DEFAULT_WATCH_SECONDS, minimum: float = 0.1) -> Any:
+    """``--watch/-w [SECS]``: the same option on every listing (``--watch`` alone: ``default``).
+    The value is optional, so put ``--watch`` after the command's arguments or give SECS."""
+    return click.option("--watch", "-w", "watch", type=click.FloatRange(min=minimum), is_flag=False,
+                        flag_value=default, default=None, metavar="[SECS]",
+                        help=f"Redraw every SECS seconds (default {default:g}) until Ctrl-C: in place "
+                             "on a terminal, as separated plain blocks otherwise. Reads only the "
+                             "registry.")  # fmt: skip
+
+
+def watch_loop(interval: float, draw: Callable[[], bool | None], *, terminal: bool | None = None,
+               title: str = "", max_rounds: int | None = None,
+               sleep: Callable[[float], None] | None = None) -> int:  # fmt: skip
+    """Call ``draw`` (which echoes one block and returns True when there is nothing more to
+    watch) every ``interval`` seconds until it is done or Ctrl-C. On a terminal each round
+    clears the screen first; elsewhere the blocks are appended, each after a plain
+    ``--- HH:MM:SS`` line, with no escape codes. Returns the number of rounds drawn."""
+    tty = is_terminal() if terminal is None else terminal
+    pause = sleep or time.sleep
+    rounds = 0
+    try:
+        while max_rounds is None or rounds < max_rounds:
+            stamp = time.strftime("%H:%M:%S")
+            if tty:
+                click.echo(CLEAR_SCREEN, nl=False, color=True)  # not stripped: we know it is a terminal
+                click.echo(f"every {interval:g}s: {title}  {stamp}")
+            else:
+                click.echo(("" if rounds == 0 else "\n") + f"--- {stamp}" + (f" {title}" if title else ""))
+            rounds += 1
+            if draw():
+                break
+            pause(interval)
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends: no traceback, exit status 0
+        if tty:
+            click.echo("")
+    return rounds
+
+
+def rerun_watched(ctx: click.Context, interval: float | None, title: str = "") -> bool:
+    """For a command with a ``watch`` parameter: with ``--watch`` given, run the command's
+    own body again every ``interval`` seconds (``watch_loop``) and return True (the caller
+    returns); without it return False at once and the body runs once, as before."""
+    if interval is None:
+        return False
+    params = {**ctx.params, "watch": None}
+    command = ctx.command
+    watch_loop(interval, lambda: ctx.invoke(command, **params) and None, title=title or ctx.command_path)
+    return True
+
+
+# ---------------------------------------------------------------------------- wait progress
+def progress_bar(label: str = "") -> Any:
+    """For a wait on a terminal: one stderr line redrawn in place (a bar, counts by state,
+    an ETA from the tasks' run times); call ``.close()`` at the end to move past it."""
+    from .progress import counts_of, eta_of, progress_line
+
+    drawn = [False]
+
+    def show(tasks: list[Task]) -> None:
+        width = max(40, shutil.get_terminal_size((80, 24)).columns - 1)
+        text = progress_line(counts_of(tasks), eta_of(tasks, time.time()), width=width, label=label)
+        click.echo("\r" + text + "\x1b[K", err=True, nl=False, color=True)
+        drawn[0] = True
+
+    def close() -> None:
+        if drawn[0]:
+            click.echo("", err=True)
+
+    show.close = close  # type: ignore[attr-defined]
+    return show
+
+
+# ---------------------------------------------------------------------------- transfers
+TRANSFER_SHOWN_AFTER = 1.0  # seconds: a file that takes less goes by without a line
+TRANSFER_REDRAW = 0.2  # seconds between redraws of a transfer's line
+
+
+def transfer_printer(clock: Callable[[], float] = time.monotonic, *, shown_after: float = TRANSFER_SHOWN_AFTER,
+                     redraw: float = TRANSFER_REDRAW) -> transfers.TransferObserver:  # fmt: skip
+    """A transfer observer that draws, on stderr, one line per file that takes longer than
+    ``shown_after`` seconds: its name, the bytes so far (of all) and the rate, redrawn in
+    place at most every ``redraw`` seconds and left on screen when the file is done."""
+    from .progress import transfer_line
+
+    state: dict[str, Any] = {"key": None, "start": 0.0, "drawn": 0.0}
+
+    def observe(direction: str, name: str, done: int, total: int | None) -> None:
+        now = clock()
+        key = (direction, name)
+        if state["key"] != key or done == 0 and state["key"] == key and state["drawn"] == -1.0:
+            state.update(key=key, start=now, drawn=0.0)
+        elapsed = now - state["start"]
+        finished = total is not None and done >= total
+        if elapsed < shown_after or state["drawn"] == -1.0:
+            return
+        if not finished and now - state["drawn"] < redraw:
+            return
+        width = max(40, shutil.get_terminal_size((80, 24)).columns - 1)
+        line = transfer_line(f"{direction} {name}", done, total, elapsed, width=width)
+        click.echo("\r" + line + "\x1b[K", err=True, nl=finished, color=True)
+        state["drawn"] = -1.0 if finished else now
+
+    return observe

@@ -10,7 +10,15 @@ from pathlib import Path
 import click
 
 from . import projects as proj
-from .cli_common import EXIT_ERROR, Group, service
+from .cli_common import (
+    EXIT_ERROR,
+    Group,
+    is_terminal,
+    progress_bar,
+    rerun_watched,
+    service,
+    watch_option,
+)
 from .cli_complete import complete_projects
 from .lifecycle import TaskState
 from .models import Task
@@ -58,10 +66,13 @@ def _summary_lines(s: proj.ProjectSummary) -> list[str]:
 
 @projects.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@watch_option()
 @click.pass_context
-def projects_list(ctx: click.Context, as_json: bool) -> None:
+def projects_list(ctx: click.Context, as_json: bool, watch: float | None) -> None:
     """Every project: tasks by state, core-hours used (from accounting) and committed
     (CPUs x time limit of queued and running tasks), estimated cost."""
+    if rerun_watched(ctx, watch):
+        return
     rows = proj.summaries(service(ctx))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -130,7 +141,16 @@ def projects_wait(ctx: click.Context, name: str, timeout: float | None) -> None:
             last[0] = line
             click.echo(f"{time.strftime('%H:%M:%S')} {name}: {line}", err=True)
 
-    done = proj.wait(svc, name, timeout=timeout, on_progress=show)
+    bar = progress_bar(label=name) if is_terminal(err=True) else None
+
+    def draw(tasks: list[Task]) -> None:
+        (bar if bar is not None and len(tasks) > 1 else show)(tasks)
+
+    try:
+        done = proj.wait(svc, name, timeout=timeout, on_progress=draw)
+    finally:
+        if bar is not None:
+            bar.close()
     bad = [t for t in done if t.state != TaskState.SUCCEEDED]
     for t in bad:
         click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))

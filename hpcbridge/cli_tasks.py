@@ -10,7 +10,18 @@ from typing import Any
 import click
 
 from . import projects as proj
-from .cli_common import EXIT_ERROR, Group, parse_pairs, progress_printer, service
+from .cli_common import (
+    EXIT_ERROR,
+    Group,
+    is_terminal,
+    parse_pairs,
+    progress_bar,
+    progress_printer,
+    rerun_watched,
+    service,
+    watch_loop,
+    watch_option,
+)
 from .cli_complete import complete_clusters, complete_projects, complete_task_ids
 from .errors import UsageError
 from .lifecycle import TaskState
@@ -44,13 +55,16 @@ def tasks() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               help="Export: a table, JSON records or CSV with every metadata key as a column "
                    "(and core-hours with --usage).")  # fmt: skip
+@watch_option()
 @click.pass_context
 def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluster: str | None,
                project: str | None, meta: tuple[str, ...], limit: int, as_json: bool,
-               show_usage: bool, fmt: str | None) -> None:  # fmt: skip
+               show_usage: bool, fmt: str | None, watch: float | None) -> None:  # fmt: skip
     """List tasks, newest first."""
     if fmt and as_json:
         raise UsageError("give --json or --format, not both", hint="--format json: flat records with metadata columns")
+    if rerun_watched(ctx, watch):
+        return
     svc = service(ctx)
     selected = [TaskState(s) for s in states] or None
     if active:
@@ -142,9 +156,12 @@ def _pct(x: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
               help="Log lines shown when the task did not succeed.")  # fmt: skip
+@watch_option()
 @click.pass_context
-def tasks_info(ctx: click.Context, task_id: str, as_json: bool, lines: int) -> None:
+def tasks_info(ctx: click.Context, task_id: str, as_json: bool, lines: int, watch: float | None) -> None:
     """State, attempts (job ids, nodes, exit codes), timings, metadata and event history."""
+    if rerun_watched(ctx, watch):
+        return
     info = service(ctx).info(task_id, lines=lines)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
@@ -177,7 +194,14 @@ def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | N
     """Wait until the tasks finish, showing state changes. Exit 0 only if all succeeded; the
     failures' last log lines go to stderr."""
     svc = service(ctx)
-    done = svc.wait(list(task_ids), timeout=timeout, on_progress=progress_printer(svc))
+    # On a terminal a wait on several tasks draws one bar in place; elsewhere (or for one
+    # task) one line per change, as always.
+    bar = progress_bar() if len(task_ids) > 1 and is_terminal(err=True) else None
+    try:
+        done = svc.wait(list(task_ids), timeout=timeout, on_progress=bar or progress_printer(svc))
+    finally:
+        if bar is not None:
+            bar.close()
     for t in done:
         click.echo(f"{t.id} {t.state.value}" + (f" ({t.reason})" if t.reason else ""))
     for t in done:
@@ -196,18 +220,31 @@ def tasks_wait(ctx: click.Context, task_ids: tuple[str, ...], timeout: float | N
 @click.argument("task_id", shell_complete=complete_task_ids)
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per sample).")
 @click.option("--watch", "-w", "watch", type=click.FloatRange(min=1), is_flag=False, flag_value=5.0,
-              default=None, help="Sample again every SECS seconds (default 5) until the task ends.")  # fmt: skip
+              default=None, metavar="[SECS]",
+              help="Sample again every SECS seconds (default 5) until the task ends (and sync its "
+                   "cluster in between): redrawn in place on a terminal; with --json, or when stdout "
+                   "is no terminal, one sample after another.")  # fmt: skip
 @click.pass_context
 def tasks_top(ctx: click.Context, task_id: str, as_json: bool, watch: float | None) -> None:
     """Live resource usage of a running task (sstat: CPU%, current/peak memory, disk I/O)."""
     svc = service(ctx)
-    while True:
+    first = [True]
+
+    def sample() -> bool:
+        if not first[0]:
+            svc.sync_cluster(svc.get(task_id).cluster)
+        first[0] = False
         top = svc.top(task_id)
         click.echo(json.dumps(top) if as_json else _format_top(top))
-        if watch is None or top["state"] in [s.value for s in TaskState if s.terminal]:
-            return
-        time.sleep(watch)
-        svc.sync_cluster(svc.get(task_id).cluster)
+        return top["state"] in [s.value for s in TaskState if s.terminal]
+
+    if watch is None:
+        sample()
+    elif as_json:  # a stream of JSON objects, never redrawn
+        while not sample():
+            time.sleep(watch)
+    else:
+        watch_loop(watch, sample, title=ctx.command_path)
 
 
 def _format_top(t: Mapping[str, Any]) -> str:

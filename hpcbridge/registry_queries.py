@@ -113,5 +113,31 @@ def project_requests(states: Iterable[TaskState], project: str | None = None) ->
     return sql + " GROUP BY 1, 2, 3, 4", params
 
 
-__all__ = ["ENDED_ATTEMPT_STATES", "PROJECT_COUNTS", "marks", "project_counts", "project_requests",
-           "project_usage", "task_filter"]  # fmt: skip
+# ``hpcbridge top``: every task as one narrow row with its current attempt (raw JSON of the
+# attempt's queue insight and usage, parsed only for rows that changed), no spec JSON.
+TOP_ROWS = (
+    "SELECT t.id, t.name, t.cluster, t.project, t.state, t.attempt_count, t.created_at,"
+    " t.started_at, t.ended_at, t.reason, a.job_id, a.started_at, a.queue, a.usage"
+    " FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt_count"
+)
+
+# The same rows, only of tasks written since a time (every task write sets updated_at) or whose
+# current attempt a sync touched since then (every poll sets last_seen_at).
+TOP_ROWS_SINCE = (TOP_ROWS + " WHERE t.updated_at >= ? OR t.id IN"
+                  " (SELECT task_id FROM attempts WHERE last_seen_at >= ?)")  # fmt: skip
+
+# The newest event of each task among those after an event id (0: all). SQLite takes the bare
+# columns of a MAX() aggregate from the row holding the maximum.
+TOP_EVENTS = (
+    "SELECT MAX(id), task_id, at, kind, from_state, to_state, detail FROM events"
+    " WHERE id > ? GROUP BY task_id"
+)
+
+# The last time a sync saw each cluster's jobs (the scheduler reported on an attempt).
+LAST_SEEN = ("SELECT t.cluster, MAX(a.last_seen_at) FROM attempts a JOIN tasks t ON t.id = a.task_id"
+             " GROUP BY t.cluster")  # fmt: skip
+
+
+__all__ = ["ENDED_ATTEMPT_STATES", "LAST_SEEN", "PROJECT_COUNTS", "TOP_EVENTS", "TOP_ROWS",
+           "TOP_ROWS_SINCE", "marks",
+           "project_counts", "project_requests", "project_usage", "task_filter"]  # fmt: skip

@@ -20,6 +20,7 @@ from typing import TypeVar
 import paramiko
 
 from ..errors import TransportError
+from ..transfers import transfer_callback
 from .base import RemoteFileError, RemoteFileNotFound
 from .ssh_connect import SSHConnection
 
@@ -115,7 +116,7 @@ def download(conn: SSHConnection, path: str, target: Path) -> None:
 
     def get(sftp: paramiko.SFTPClient) -> None:
         _ops(conn)
-        sftp.get(path, tmp)  # prefetching (pipelined) download
+        sftp.get(path, tmp, callback=transfer_callback("download", posixpath.basename(path)))  # prefetching
 
     try:
         sftp_call(conn, "get", path, get)
@@ -152,7 +153,7 @@ def put_file(conn: SSHConnection, source: Path, dest: str, makedirs: Makedirs) -
 
     def upload(sftp: paramiko.SFTPClient, tmp: str) -> None:
         _ops(conn, 3)
-        sftp.put(str(source), tmp, confirm=True)
+        sftp.put(str(source), tmp, callback=transfer_callback("upload", source.name), confirm=True)
         sftp.chmod(tmp, mode)  # SFTP put does not carry the mode (scripts stay executable)
 
     atomic_upload(conn, "put", dest, upload, makedirs)
