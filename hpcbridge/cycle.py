@@ -10,9 +10,7 @@ recorded on that task and the cycle goes on; one cluster that fails never stops 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from pathlib import Path
 from .backends.base import PollRequest
 from .backends.slurm_monitor import MonitoringBackend
 from .errors import BackendError, ConfigError, ConflictError, HpcBridgeError, TransportError
-from .leases import Lease
+from .leases import Lease, try_lock
 from .lifecycle import ACTIVE, IN_FLIGHT, TERMINAL, WAITING, TaskState
 from .models import Attempt, Task
 from .notify import deliver
@@ -77,23 +75,8 @@ class SyncReport:
 @contextmanager
 def cluster_lock(data_dir: Path, cluster: str) -> Iterator[bool]:
     """Non-blocking exclusive lock for one cluster's cycle; yields False when held elsewhere."""
-    lock_dir = data_dir / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"sync-{cluster}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with try_lock(data_dir / "locks" / f"sync-{cluster}.lock", note_pid=True) as got:
+        yield got
 
 
 def sync_all(rt: Runtime, clusters: Sequence[str] | None = None) -> list[SyncReport]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -66,5 +68,29 @@ def lease_alive(directory: Path, lease_id: str | None) -> bool:
         # We hold it: its owner is gone. Remove the file so the next check is a stat.
         path.unlink(missing_ok=True)
         return False
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def try_lock(path: Path, *, note_pid: bool = False) -> Iterator[bool]:
+    """A non-blocking exclusive flock on ``path`` (created 0600, its dir too); yields False
+    when another process holds it. The kernel releases it on any exit, kill -9 included.
+    ``note_pid``: write this process's pid into the file (for people looking)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        if note_pid:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -16,7 +16,6 @@ the message on stdin. URLs are shown masked in every log line and error.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
@@ -40,6 +39,7 @@ from .events import (
     render,
     task_rule,
 )
+from .leases import try_lock
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,21 +66,8 @@ class DeliveryReport:
 @contextmanager
 def delivery_lock(data_dir: Path) -> Iterator[bool]:
     """One deliverer at a time per registry (flock: released by the kernel on kill -9)."""
-    lock_dir = data_dir / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / "notify.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with try_lock(data_dir / "locks" / "notify.lock") as got:
+        yield got
 
 
 def deliver(rt: Runtime, now: float | None = None) -> DeliveryReport:
