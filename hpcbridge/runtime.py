@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ClusterConfig, Config, load_config, resolve_db_path
-from .errors import ConflictError, HpcBridgeError
+from .errors import ConflictError, HpcBridgeError, TransportError
 from .lifecycle import TaskState
 from .models import Attempt, Task
 from .registry import Registry
@@ -108,8 +108,12 @@ class Runtime:
             pass  # absent, stale or unreadable: read them again
         try:
             limits = read()
+        except TransportError as exc:
+            # Unreachable: whatever comes next (staging) reports it, with its hint.
+            log.debug("cluster %s: limits not read: %s", cluster, exc.message)
+            return None
         except HpcBridgeError as exc:
-            log.warning("cluster %s: cannot read its limits (%s); assuming none", cluster, exc.message)
+            log.info("cluster %s: cannot read its limits (%s); assuming none", cluster, exc.message)
             return None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
