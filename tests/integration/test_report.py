@@ -75,7 +75,11 @@ def test_report_of_a_lab_sweep_with_a_failure_and_a_requeue(service: Service, tm
     rows = {r["task"]: r for r in data["timeline"]["rows"]}
     assert [m["cause"] for m in rows[req.id]["requeues"]][:1] == ["preempted"], rows[req.id]
     assert sum(seg["phase"] == "run" for seg in rows[req.id]["segments"]) >= 2, rows[req.id]
-    assert {seg["phase"] for seg in rows[ok.id]["segments"]} >= {"queue", "run"}
+    # A queue phase is drawn when the job waited (on an idle lab it may start the second it
+    # was submitted: then there is nothing to draw).
+    att = service.attempts(ok.id)[-1]
+    waited = (att.started_at or 0) - (att.submitted_at or 0) >= 1
+    assert {seg["phase"] for seg in rows[ok.id]["segments"]} >= ({"queue", "run"} if waited else {"run"})
     eff = {t["id"]: t["efficiency"] for t in data["tasks"]}
     assert eff[ok.id] and eff[ok.id]["low_cpu"], eff[ok.id]  # one sleeping process on 2 CPUs
     (fail,) = data["failures"]
