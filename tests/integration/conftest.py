@@ -74,9 +74,14 @@ def service(lab_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     db = tmp_path / "registry.db"
     monkeypatch.setenv("HPCBRIDGE_CONFIG", str(lab_config))
     monkeypatch.setenv("HPCBRIDGE_DB", str(db))
-    svc = Service.open(lab_config, db, source="test")
+    yield from lab_service(lab_config, db)
+
+
+def lab_service(config: Path, db: Path) -> Iterator[Service]:
+    """A Service on ``config`` and ``db`` for a fixture to yield from; afterwards every task
+    still active is killed, so no job of the test stays behind on the shared lab."""
+    svc = Service.open(config, db, source="test")
     yield svc
-    # Leave no job of this test behind on the shared lab.
     active = [t.id for t in svc.list_tasks(states=[s for s in TaskState if not s.terminal])]
     if active:
         try:

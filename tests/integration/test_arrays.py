@@ -19,7 +19,7 @@ from hpcbridge.lifecycle import TaskState
 from hpcbridge.models import Task
 from hpcbridge.service import Service
 
-from .conftest import states_seen
+from .conftest import lab_service, states_seen
 from .test_recovery import history, preempt, root_scancel
 
 pytestmark = pytest.mark.integration
@@ -40,15 +40,7 @@ def config_with(lab_config: Path, tmp_path: Path, *lines: str) -> Path:
 def svc(lab_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     cfg = config_with(lab_config, tmp_path, "max_array_size = 200")
     monkeypatch.setenv("HPCBRIDGE_CONFIG", str(cfg))
-    service = Service.open(cfg, tmp_path / "registry.db", source="test")
-    yield service
-    active = [t.id for t in service.list_tasks(states=[s for s in S if not s.terminal])]
-    if active:
-        try:
-            service.kill(active)
-        except Exception:  # noqa: BLE001 - best-effort cleanup of the shared lab
-            pass
-    service.close()
+    yield from lab_service(cfg, tmp_path / "registry.db")
 
 
 def job_of(svc: Service, task: Task) -> str:
