@@ -190,10 +190,12 @@ TASK_COLUMNS = (
 TASK_COLUMN_COUNT = TASK_COLUMNS.count(",") + 1
 
 
-def row_to_task(row: sqlite3.Row) -> Task:
+def row_to_task(row: sqlite3.Row, spec: TaskSpec | None = None) -> Task:
+    """The task of a row; ``spec``, when the caller holds the task's spec already (fixed at
+    submission: see ``encode_task_fields``), saves parsing it again."""
     return Task(
         id=row["id"],
-        spec=TaskSpec.from_dict(json.loads(row["spec"])),
+        spec=spec if spec is not None else TaskSpec.from_dict(json.loads(row["spec"])),
         state=TaskState(row["state"]),
         metadata=json.loads(row["metadata"]),
         created_at=row["created_at"],

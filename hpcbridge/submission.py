@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .backends.base import PollRequest, SubmitOutcome, SubmitRequest
@@ -30,6 +31,7 @@ from .leases import Lease
 from .lifecycle import WAITING, TaskState
 from .models import Attempt, Task, new_task_id, new_token
 from .options import SubmitOptions, build_spec
+from .registry_batch import Change, JobRecord
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def submit_many(rt: Runtime, options: Sequence[SubmitOptions]) -> list[Task]:
                     )
     if permanent is not None:
         raise permanent
-    return [rt.registry.get_task(t.id) for t in tasks]
+    return rt.registry.refresh(tasks)
 
 
 def gate_dependencies(rt: Runtime, tasks: Sequence[Task], *, announce: bool = False) -> list[Task]:
@@ -139,7 +141,7 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     # savepoint of its own): one commit, not one per task, which at 1,000 tasks is the
     # difference between milliseconds and seconds of fsync.
     with rt.registry.transaction():
-        need_stage = [t for t in tasks if _claim_for_staging(rt, t, held)]
+        need_stage = _claim_for_staging(rt, tasks, held)
     staged: dict[str, str] = {}
     if need_stage:
         try:
@@ -163,19 +165,17 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     # Charge the scheduler budget before the write-ahead commit, so a budget wait never
     # happens between the commit and sbatch.
     rt.charge(cluster, 1)
-    with rt.registry.transaction():  # committed before sbatch: the write-ahead
-        requests = [r for t in tasks if (r := _write_ahead(rt, t, staged, held)) is not None]
+    requests = _write_ahead(rt, backend, tasks, staged, held)
     if not requests:
         return
     outcomes = backend.submit(requests)
     by_token = {o.token: o for o in outcomes}
     stray: list[PollRequest] = []
-    with rt.registry.transaction():
-        for req in requests:
-            if record_outcome(rt, req, by_token.get(req.token)) and (job := by_token[req.token]).job_id:
-                stray.append(PollRequest(task_id=req.task.id, attempt=req.attempt, token=req.token,
-                                         job_id=job.job_id, work_dir=req.task.work_dir,
-                                         backend_ref=job.backend_ref))  # fmt: skip
+    for req in _record_outcomes(rt, requests, by_token):
+        job = by_token[req.token]
+        stray.append(PollRequest(task_id=req.task.id, attempt=req.attempt, token=req.token,
+                                 job_id=job.job_id, work_dir=req.task.work_dir,
+                                 backend_ref=job.backend_ref))  # fmt: skip
     if stray:
         rt.charge(cluster, 1)
         backend.cancel(stray)
@@ -209,46 +209,109 @@ def _within_submit_limit(rt: Runtime, cluster: str, tasks: Sequence[Task]) -> li
     return list(tasks[:free])
 
 
-def _claim_for_staging(rt: Runtime, t: Task, held: Mapping[str, Any]) -> bool:
-    """Whether this process stages ``t``: a new task is claimed by compare-and-set."""
-    if t.state == S.STAGING:
-        try:  # handed back by an interrupted staging of our own lease
-            rt.registry.update_task(t.id, held, expected=S.STAGING)
-            return True
-        except ConflictError:
-            return False
-    return t.state == S.CREATED and rt.try_transition(
-        t.id, S.CREATED, S.STAGING, "staging inputs", fields=held
-    )
+def _claim_for_staging(rt: Runtime, tasks: Sequence[Task], held: Mapping[str, Any]) -> list[Task]:
+    """The tasks this process stages: a new task is claimed by compare-and-set."""
+    claimed: dict[str, Task] = {}
+    for t in tasks:
+        if t.state == S.STAGING:
+            try:  # handed back by an interrupted staging of our own lease
+                rt.registry.update_task(t.id, held, expected=S.STAGING)
+                claimed[t.id] = t
+            except ConflictError:
+                pass
+    new = [t for t in tasks if t.state == S.CREATED]
+    won = rt.registry.transition_many([Change(t.id, S.CREATED, S.STAGING, "staging inputs", fields=held)
+                                       for t in new], source=rt.source)  # fmt: skip
+    claimed.update((t.id, t) for t, ok in zip(new, won, strict=True) if ok)
+    return [t for t in tasks if t.id in claimed]
 
 
-def _write_ahead(rt: Runtime, t: Task, staged: Mapping[str, str], held: Mapping[str, Any]) -> SubmitRequest | None:
-    current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
-    if current == S.STAGING and t.id not in staged:
-        return None  # not ours to stage, or staging failed
-    if current not in (S.STAGING, *WAITING):
-        return None
-    number = t.attempt_count + 1
-    token = new_token()
-    fields: dict[str, Any] = {"attempt_count": number, "next_attempt_at": None, **held}
-    if t.id in staged:
-        fields["work_dir"] = staged[t.id]
+def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mapping[str, str],
+                 held: Mapping[str, Any]) -> list[SubmitRequest]:  # fmt: skip
+    """Commit a new attempt (``submitting``, its token and the backend's plan for it) for
+    each task still ours, in one transaction; the requests to submit.
+
+    The task's compare-and-set decides who submits an attempt: a loser writes nothing. The
+    plan (``Backend.plan``: for Slurm, which array element each attempt becomes) is made
+    before, so it is on the attempt row before sbatch can create the job."""
+    drafts: list[tuple[TaskState, dict[str, Any], SubmitRequest]] = []
+    for t in tasks:
+        current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
+        if current == S.STAGING and t.id not in staged:
+            continue  # not ours to stage, or staging failed
+        if current not in (S.STAGING, *WAITING):
+            continue
+        number = t.attempt_count + 1
+        fields: dict[str, Any] = {"attempt_count": number, "next_attempt_at": None, **held}
+        if t.id in staged:
+            fields["work_dir"] = staged[t.id]
+        # What the row holds once the compare-and-set below succeeds (it checks state and
+        # attempt; what else a request reads, the spec and excluded nodes, no other
+        # process changes while the task is staging or waiting).
+        task = replace(t, state=S.SUBMITTING, attempt_count=number, next_attempt_at=None,
+                       lease=held["lease"], lease_lost_at=None, work_dir=fields.get("work_dir", t.work_dir))  # fmt: skip
+        drafts.append((current, fields, SubmitRequest(task=task, attempt=number, token=new_token(),
+                                                      exclude_nodes=task.excluded_nodes)))  # fmt: skip
+    if not drafts:
+        return []
+    refs = backend.plan([r for _, _, r in drafts])
+    requests = [replace(r, backend_ref=refs[r.token]) if r.token in refs else r for _, _, r in drafts]
+    now = time.time()
+    changes = [Change(r.task.id, current, S.SUBMITTING, f"attempt {r.attempt}: submitting (token {r.token})",
+                      r.attempt, fields, r.attempt - 1) for (current, fields, _), r in zip(drafts, requests, strict=True)]  # fmt: skip
     try:
-        with rt.registry.transaction():
-            # State first: the compare-and-set decides who submits this attempt, and a loser
-            # rolls back before writing an attempt row.
-            rt.registry.transition(
-                t.id, current, S.SUBMITTING, source=rt.source, attempt=number,
-                detail=f"attempt {number}: submitting (token {token})", fields=fields,
-                expected_attempt=t.attempt_count,
-            )  # fmt: skip
-            rt.registry.add_attempt(Attempt(task_id=t.id, number=number, token=token,
-                                            state=S.SUBMITTING, created_at=time.time()))  # fmt: skip
-    except (ConflictError, sqlite3.IntegrityError) as exc:
-        log.info("task %s: not submitted, changed meanwhile: %s", t.id, exc)
-        return None
-    task = rt.registry.get_task(t.id)
-    return SubmitRequest(task=task, attempt=number, token=token, exclude_nodes=task.excluded_nodes)
+        with rt.registry.transaction():  # committed before sbatch: the write-ahead
+            won = rt.registry.transition_many(changes, source=rt.source)
+            winners = [r for r, ok in zip(requests, won, strict=True) if ok]
+            rt.registry.add_attempts([Attempt(task_id=r.task.id, number=r.attempt, token=r.token,
+                                              state=S.SUBMITTING, created_at=now, backend_ref=r.backend_ref)
+                                      for r in winners])  # fmt: skip
+    except sqlite3.IntegrityError as exc:  # an attempt row exists already: nothing was written
+        log.info("write-ahead batch: %s; writing ahead task by task", exc)
+        winners = []
+        for ch, r in zip(changes, requests, strict=True):
+            try:
+                with rt.registry.transaction():
+                    if rt.registry.transition_many([ch], source=rt.source)[0]:
+                        rt.registry.add_attempts([Attempt(task_id=r.task.id, number=r.attempt, token=r.token,
+                                                          state=S.SUBMITTING, created_at=now,
+                                                          backend_ref=r.backend_ref)])  # fmt: skip
+                        winners.append(r)
+            except sqlite3.IntegrityError as one:
+                log.info("task %s: not submitted, changed meanwhile: %s", r.task.id, one)
+    kept = {r.token for r in winners}
+    for r in requests:
+        if r.token not in kept:
+            log.info("task %s: not submitted, changed meanwhile", r.task.id)
+    return winners
+
+
+def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest],
+                     by_token: Mapping[str, SubmitOutcome]) -> list[SubmitRequest]:  # fmt: skip
+    """Record every outcome in one transaction; the requests whose job was created for an
+    attempt that is no longer current (the caller cancels those jobs)."""
+    now = time.time()
+    made = [(r, o) for r in requests if (o := by_token.get(r.token)) is not None and o.job_id]
+    stray: list[SubmitRequest] = []
+    with rt.registry.transaction():
+        recorded = rt.registry.record_jobs(
+            [JobRecord(r.task.id, r.attempt, o.job_id or "", {**r.backend_ref, **o.backend_ref}) for r, o in made],
+            at=now)  # fmt: skip
+        queued = [(r, o) for (r, o), ok in zip(made, recorded, strict=True) if ok]
+        moved = rt.registry.transition_many(
+            [Change(r.task.id, S.SUBMITTING, S.QUEUED, f"attempt {r.attempt}: job {o.job_id} submitted",
+                    r.attempt, None, r.attempt) for r, o in queued], source=rt.source)  # fmt: skip
+        rt.registry.mark_submitted([r.task.id for (r, _), ok in zip(queued, moved, strict=True) if ok], now)
+        for (r, o), ok in zip(made, recorded, strict=True):
+            if ok:
+                log.info("task %s attempt %s: submitted as job %s", r.task.id, r.attempt, o.job_id)
+            elif record_outcome(rt, r, o):
+                stray.append(r)
+        for r in requests:
+            o = by_token.get(r.token)
+            if o is None or not o.job_id:
+                record_outcome(rt, r, o)
+    return stray
 
 
 def record_outcome(rt: Runtime, req: SubmitRequest, out: SubmitOutcome | None) -> bool:
@@ -271,7 +334,7 @@ def record_outcome(rt: Runtime, req: SubmitRequest, out: SubmitOutcome | None) -
                 return True
             rt.registry.update_attempt(
                 tid, n, {"job_id": out.job_id, "submitted_at": now, "last_seen_at": now,
-                         "backend_ref": out.backend_ref, "state": S.QUEUED},
+                         "backend_ref": {**req.backend_ref, **out.backend_ref}, "state": S.QUEUED},
             )  # fmt: skip
             if task.state == S.SUBMITTING:
                 fields = {} if task.submitted_at else {"submitted_at": now}

@@ -18,12 +18,14 @@ from ..models import FileInfo, JobInfo, Task
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    """One attempt to start: the write-ahead row is already committed with ``token``."""
+    """One attempt to start: the write-ahead row is already committed with ``token`` and
+    ``backend_ref`` (what the backend's ``plan`` said of it, e.g. its array and index)."""
 
     task: Task
     attempt: int
     token: str
     exclude_nodes: tuple[str, ...] = ()
+    backend_ref: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,15 @@ class Backend(Protocol):
         the work dir path or the error that task met. Idempotent: a second call for the same
         task reuses the same dir (a resubmitted attempt resumes from its checkpoints there).
         Raises TransportError when the cluster cannot be reached at all."""
+        ...
+
+    def plan(self, requests: Sequence[SubmitRequest]) -> dict[str, Mapping[str, Any]]:
+        """What the backend will make of each request (token -> reference), decided before
+        the write-ahead commit so the reference is on the attempt before the job can exist:
+        Slurm plans job arrays here (``{"array": <array token>, "index": i}``), so an element
+        whose sbatch reply is lost is still found. ``submit`` follows the plan it is handed
+        back in ``SubmitRequest.backend_ref``, leaving out requests that were dropped.
+        Empty when there is nothing to plan. May read the cluster's limits (cached)."""
         ...
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:

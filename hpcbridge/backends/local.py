@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -96,6 +96,9 @@ class LocalBackend:
             else:
                 raise UsageError(f"input {src!r} does not exist (task {task.id})")
         return str(work)
+
+    def plan(self, requests: Sequence[SubmitRequest]) -> dict[str, Mapping[str, Any]]:
+        return {}  # one job per request: nothing to decide before the write-ahead
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
         return [self._submit_one(r) for r in requests]

@@ -56,6 +56,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         self.cluster = cluster
         self.transport = transport
         self._base: str | None = None
+        self._rendered: dict[str, str] = {}  # token -> job script, from plan() to submit()
         self._tz: dt.tzinfo | None = None
         self._tz_read_at = 0.0  # time.monotonic() of the last read
         self._accounting = True
@@ -134,21 +135,34 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
 
     def cluster_limits(self) -> ClusterLimits:
         """The cluster's MaxArraySize, MaxJobCount and the user's tightest MaxSubmitJobs
-        (associations and their QOS), read once per backend: ``id -un``, then one script
-        running ``scontrol show config`` and the two ``sacctmgr`` queries. A part that cannot
-        be read is None (unknown, treated as unlimited)."""
+        (associations and their QOS), read once per backend in one script: ``id -un``, then
+        ``scontrol show config`` and the two ``sacctmgr`` queries side by side (sacctmgr asks
+        slurmdbd: 0.2-0.3 s each on the lab, one after the other most of the read). A part
+        that cannot be read is None (unknown, treated as unlimited)."""
         if self._limits is None:
             self.commands += 1
-            who = self.transport.run(["id", "-un"], what="reading the user name")
-            user = who.stdout.strip() if who.ok else ""
-            argvs = [limits.scontrol_config_argv(bin_dir=self._bin())]
-            if user and re.fullmatch(r"[A-Za-z0-9._][A-Za-z0-9._-]*", user):
-                argvs += [limits.assoc_argv(user, bin_dir=self._bin()), limits.qos_argv(bin_dir=self._bin())]
-            parts = [f"printf '%s\\n' {shlex.quote(_LIMITS_SEP)}; {shlex.join(slurm.scrub_env(a))} 2>/dev/null"
-                     for a in argvs]  # fmt: skip
-            res = self.transport.run_script("\n".join(parts) + "\n", what="reading the cluster's limits")
-            texts = (res.stdout.split(_LIMITS_SEP + "\n")[1:] + ["", "", ""])[:3]
-            self._limits = limits.parse_limits(texts[0], texts[1], texts[2], user)
+            sep = shlex.quote(_LIMITS_SEP)
+            quiet = [shlex.join(slurm.scrub_env(a)) + " 2>/dev/null" for a in (
+                limits.scontrol_config_argv(bin_dir=self._bin()),
+                limits.assoc_argv("USER", bin_dir=self._bin()),
+                limits.qos_argv(bin_dir=self._bin()))]  # fmt: skip
+            # The user name is checked on the cluster too before sacctmgr sees it (a name
+            # with a ',' or '=' would be read as more conditions).
+            assoc = quiet[1].replace("user=USER", '"user=$u"')
+            script = "\n".join([
+                "u=$(id -un 2>/dev/null); case $u in ''|*[!A-Za-z0-9._-]*|-*) u= ;; esac",
+                '__o=$(mktemp -d) || exit 70; trap \'rm -rf "$__o"\' EXIT',
+                f'{quiet[0]} > "$__o/1" &',
+                f'if [ -n "$u" ]; then {assoc} > "$__o/2"; fi &',
+                f'if [ -n "$u" ]; then {quiet[2]} > "$__o/3"; fi &',
+                "wait",
+                f"printf '%s\\n' {sep} \"$u\"",
+                f'for f in 1 2 3; do printf \'%s\\n\' {sep}; cat "$__o/$f" 2>/dev/null; done',
+            ]) + "\n"  # fmt: skip
+            res = self.transport.run_script(script, what="reading the cluster's limits")
+            texts = (res.stdout.split(_LIMITS_SEP + "\n")[1:] + ["", "", "", ""])[:4]
+            user = texts[0].strip()
+            self._limits = limits.parse_limits(texts[1], texts[2] if user else "", texts[3] if user else "", user)
             log.info("cluster %s: limits %s", self.cluster.name, self._limits)
         return self._limits
 
@@ -166,39 +180,70 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
                         self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip
         return found or slurm.DEFAULT_MAX_ARRAY_SIZE
 
+    def plan(self, requests: Sequence[SubmitRequest]) -> dict[str, Mapping[str, object]]:
+        """Which requests go out as which array element (see ``Backend.plan``)."""
+        rendered = []
+        self._rendered = {}  # kept for the submit() that follows (rendering is most of a plan)
+        for req in requests:
+            try:
+                rendered.append((req, self.render(req)))
+            except HpcBridgeError:
+                continue  # submit() rejects it alone
+            self._rendered[req.token] = rendered[-1][1]
+        refs: dict[str, Mapping[str, object]] = {}
+        for job, members in self._plan(rendered)[1]:
+            for index, req in zip(job.indexes, members, strict=True):
+                refs[req.token] = {"array": job.token, "index": index}
+        return refs
+
     def _plan(self, rendered: Sequence[tuple[SubmitRequest, str]]) -> tuple[
             list[tuple[SubmitRequest, str]], list[tuple[slurm.ArrayJob, list[SubmitRequest]]]]:  # fmt: skip
-        """Which requests go out as arrays (same resource request, arrays allowed) and which
-        alone. Arrays are only worth asking MaxArraySize for when two requests could share one."""
+        """Which requests go out as arrays and which alone. A request planned before its
+        write-ahead (``backend_ref``: array token and index) goes exactly as planned, the
+        array without the requests that were dropped since; the others are planned here:
+        same resource request and arrays allowed share an array. Arrays are only worth asking
+        MaxArraySize for when two requests could share one."""
+        planned: dict[str, list[tuple[int, int]]] = {}  # array token -> [(position, index)]
         keys: list[tuple[object, ...] | None] = []
-        for req, text in rendered:
+        for pos, (req, text) in enumerate(rendered):
+            ref = req.backend_ref
+            if isinstance(ref.get("array"), str) and isinstance(ref.get("index"), int):
+                planned.setdefault(str(ref["array"]), []).append((pos, int(ref["index"])))
+                keys.append(None)
+                continue
             spec = req.task.spec
             keys.append((spec.max_running, *slurm.array_key(text))
                         if self.cluster.arrays and spec.array else None)  # fmt: skip
+        groups: list[tuple[str, list[tuple[int, int]]]] = list(planned.items())
+        taken = {pos for members in planned.values() for pos, _ in members}
         candidates = [k for k in keys if k is not None]
-        if len(set(candidates)) == len(candidates):  # no two requests could share an array
-            return list(rendered), []
-        groups, singles = slurm.plan_arrays(keys, self.max_array_size())
+        if len(set(candidates)) != len(candidates):  # two requests could share an array
+            fresh, _ = slurm.plan_arrays(keys, self.max_array_size())
+            for positions in fresh:
+                # Named after its first element's attempt token: the registry (and
+                # scripts/crash-trials) can tell whose array a job is from its comment alone.
+                groups.append(("a-" + rendered[positions[0]][0].token, [(p, i) for i, p in enumerate(positions)]))
+                taken.update(positions)
         arrays = []
-        for positions in groups:
-            # Named after its first element's attempt token: the registry (and
-            # scripts/crash-trials) can tell whose array a job is from its comment alone.
-            token = "a-" + rendered[positions[0]][0].token
-            members = tuple(slurm.ArrayMember(rendered[i][0].token, self.work_dir(rendered[i][0].task),
-                                              rendered[i][0].attempt, rendered[i][1]) for i in positions)  # fmt: skip
-            first = rendered[positions[0]][0].task.spec
-            job = slurm.ArrayJob(token=token, dir=posixpath.join(self.base_dir(), ".hpcbridge", "arrays", token),
-                                 header=slurm.array_key(rendered[positions[0]][1]), members=members,
-                                 max_running=first.max_running)  # fmt: skip
-            arrays.append((job, [rendered[i][0] for i in positions]))
-        return [rendered[i] for i in singles], arrays
+        for token, members in groups:
+            first = rendered[members[0][0]]
+            job = slurm.ArrayJob(
+                token=token, dir=posixpath.join(self.base_dir(), ".hpcbridge", "arrays", token),
+                header=slurm.array_key(first[1]),
+                members=tuple(slurm.ArrayMember(rendered[p][0].token, self.work_dir(rendered[p][0].task),
+                                                rendered[p][0].attempt, rendered[p][1], index=i)
+                              for p, i in members),
+                max_running=first[0].task.spec.max_running)  # fmt: skip
+            arrays.append((job, [rendered[p][0] for p, _ in members]))
+        return [r for pos, r in enumerate(rendered) if pos not in taken], arrays
 
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
         outcomes: dict[str, SubmitOutcome] = {}
         rendered: list[tuple[SubmitRequest, str]] = []
+        planned, self._rendered = self._rendered, {}
         for req in requests:
             try:
-                rendered.append((req, self.render(req)))
+                rendered.append((req, planned.get(req.token) or self.render(req)))
             except HpcBridgeError as exc:  # bad option values: this task alone is rejected
                 outcomes[req.token] = SubmitOutcome(req.token, error=exc)
         singles, arrays = self._plan(rendered)
@@ -213,7 +258,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
                 chunks.append(([], [arr]))
         for jobs, arrs in chunks:
             reqs = [r for r, _ in jobs] + [r for _, members in arrs for r in members]
-            index = {r.token: i for _, members in arrs for i, r in enumerate(members)}
+            index = {r.token: i for a, members in arrs for i, r in zip(a.indexes, members, strict=True)}
             try:
                 self.commands += 1
                 res = self.transport.run_script(self.submit_script(jobs, [a for a, _ in arrs]),
@@ -297,10 +342,13 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         by_token = {slurm.token_from_comment(r.comment): r for r in live.values() if r.comment}
         by_name = {r.name: r for r in live.values() if r.name}
 
+        by_element = _elements(live)
+
         def in_squeue(req: PollRequest) -> JobInfo | None:
             if req.job_id:
                 return live.get(req.job_id)
-            return by_token.get(req.token) or by_name.get(slurm.job_name(req.task_id, req.attempt))
+            return (by_token.get(req.token) or by_name.get(slurm.job_name(req.task_id, req.attempt))
+                    or by_element.get(_planned_element(req)))  # fmt: skip
 
         def squeue_unknown(req: PollRequest) -> slurm.BadRow | None:
             # squeue is the live truth: a job it printed unreadably (or, with a row naming no
@@ -324,6 +372,8 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         if unknown and self._accounting:
             # -j and --name combine as AND in sacct, so unknown outcomes get their own query.
             names = [slurm.job_name(r.task_id, r.attempt) for r in unknown]
+            # A planned array element is named after its array (array.py).
+            names += sorted({slurm.array_name(e[0]) for r in unknown if (e := _planned_element(r))})
             argv = slurm.sacct_argv(names=names, since=time.time() - UNKNOWN_LOOKBACK_SECONDS,
                                     tz=tz, bin_dir=self._bin())  # fmt: skip
             acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz,
@@ -334,6 +384,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         merged = slurm.merge_views(live.values(), acct)
         acct_by_token = {slurm.token_from_comment(r.comment): r for r in acct.values() if r.comment}
         acct_by_name = {r.name: r for r in acct.values() if r.name}
+        acct_by_element = _elements(acct)
         out: dict[str, JobInfo] = {}
         missing: list[PollRequest] = []
         for req in requests:
@@ -345,7 +396,8 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
                 info = merged.get(req.job_id)
             else:
                 info = (in_squeue(req) or acct_by_token.get(req.token)
-                        or acct_by_name.get(slurm.job_name(req.task_id, req.attempt)))  # fmt: skip
+                        or acct_by_name.get(slurm.job_name(req.task_id, req.attempt))
+                        or acct_by_element.get(_planned_element(req)))  # fmt: skip
                 info = merged.get(info.job_id, info) if info is not None else None
             if info is None and (bad := sa_unreadable.find(req.job_id, req.token)
                                  or (sa_unreadable.blind if req in asked else None)):  # fmt: skip
@@ -370,6 +422,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             got = marks.get(req.token, {})
             marked = got.get("job_id", "")
             job_id = req.job_id or (marked if _JOB_ID.fullmatch(marked) else None)
+            planned = _planned_element(req)
+            if job_id is None and planned and (array_job := got.get("array_job_id", "")).isdigit():
+                job_id = f"{array_job}_{planned[1]}"  # sbatch's reply was lost, its marker not
             if job_id is None and (element := _array_element(got.get("array", ""), merged)):
                 job_id = element  # sbatch's reply and the job_id markers were lost
             if job_id is None:
@@ -390,7 +445,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         if not requests:
             return {}
         dirs = {r.token: slurm.marker_dir(r.work_dir or "", r.attempt) for r in requests}
-        res = self.transport.run_script(slurm.render_marker_probe(dirs), what="reading job markers")
+        arrays = {r.token: posixpath.join(self.base_dir(), ".hpcbridge", "arrays", e[0])
+                  for r in requests if (e := _planned_element(r))}  # fmt: skip
+        res = self.transport.run_script(slurm.render_marker_probe(dirs, arrays), what="reading job markers")
         return slurm.parse_marker_report(res.stdout)
 
     # -- cancel / files -----------------------------------------------------------------
@@ -457,6 +514,25 @@ def _array_element(marker: str, rows: dict[str, JobInfo]) -> str | None:
         if job_id.endswith(f"_{index}") and slurm.token_from_comment(row.comment) == token:
             return job_id
     return None
+
+
+def _planned_element(req: PollRequest) -> tuple[str, str] | None:
+    """(array token, index) of an attempt planned as an array element (``plan``)."""
+    token, index = req.backend_ref.get("array"), req.backend_ref.get("index")
+    if isinstance(token, str) and isinstance(index, int) and not isinstance(index, bool):
+        return token, str(index)
+    return None
+
+
+def _elements(rows: Mapping[str, JobInfo]) -> dict[tuple[str, str] | None, JobInfo]:
+    """Array elements among ``rows`` by (their array's comment token, index)."""
+    out: dict[tuple[str, str] | None, JobInfo] = {}
+    for job_id, row in rows.items():
+        base, sep, index = job_id.partition("_")
+        token = slurm.token_from_comment(row.comment)
+        if sep and index.isdigit() and token:
+            out[(token, index)] = row
+    return out
 
 
 def _is_ours(row: JobInfo) -> bool:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import posixpath
 import re
 import shlex
@@ -37,17 +38,19 @@ _UNCERTAIN = re.compile(
 # The marker files the probe reads (the wrapper writes them; see script.py).
 # job_id is written twice: by the submission script right after sbatch returns (so an attempt
 # whose sbatch reply was lost can still be resolved), and by the wrapper from SLURM_JOB_ID.
-# `array` (``<array token> <index>``) is written before an array's sbatch runs (array.py).
+# (An array's job id goes to the array's dir once, not to each element's: the probe reports
+# it as `array_job_id`.) `array` (``<array token> <index>``) is written by an element when it
+# starts; its (token, index) is on the attempt from before sbatch ran (array.py).
 MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node", "job_id", "array")
 
 # While a submission script runs it holds an flock on a lock file of its own and names that
-# file in each job's `submitting` marker. The probe reports `submitting 1` for a job whose
+# file in each job's `submitting` marker (an array's, once, in the array's dir). The probe reports `submitting 1` for a job whose
 # script still holds its lock (still inside sbatch, even after the local side gave up on the
 # exec): no grace period may run out on it. Without `flock` on the cluster the lock is never
 # reported held, and the grace periods alone decide (as before).
 _HOLD_LOCK = ('__lock=$(mktemp "${TMPDIR:-/tmp}/hpcb-submit.XXXXXXXX") || exit 70; '
               'exec 9>"$__lock"; command -v flock >/dev/null 2>&1 && flock -n 9')
-_LOCK_HELD = ('[ -f "$d/submitting" ] && l=$(head -c 4096 "$d/submitting") && [ -e "$l" ] '
+_LOCK_HELD = ('[ -f "$s/submitting" ] && l=$(head -c 4096 "$s/submitting") && [ -e "$l" ] '
               '&& command -v flock >/dev/null 2>&1 && ! flock -n "$l" true 2>/dev/null')
 
 
@@ -91,8 +94,7 @@ def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lane
     array's sbatch status and stdout (the caller appends ``_<index>``); see ``array.py``."""
     cmd = shlex.join(sbatch)
     lanes = max(1, min(lanes, len(jobs) + len(arrays)))
-    dirs = [j.dir for j in jobs] + [a.dir for a in arrays] + [
-        marker_dir(m.work_dir, m.attempt) for a in arrays for m in a.members]
+    dirs = [j.dir for j in jobs] + [a.dir for a in arrays]  # elements make their own (array.py)
     # Each lane is a background subshell submitting its share in order and writing its
     # report lines to its own file (no interleaving); the files are printed at the end.
     lines = ["set -u",
@@ -129,26 +131,30 @@ def render_submit_script(jobs: Sequence[BulkJob], *, sbatch: Sequence[str], lane
 
 
 def _array_lines(arr: ArrayJob, cmd: str) -> str:
-    """The submission of one array: every element's markers and job script first (so a lost
-    reply is still resolvable), one sbatch, then each element's job id marker and report."""
-    mdirs = " ".join(shlex.quote(marker_dir(m.work_dir, m.attempt)) for m in arr.members)
+    """The submission of one array: its lock reference, the bundle of every element's job
+    script (gzip'd and base64'd on the wire: 1,000 near-identical 3.7 KB scripts are 3.7 MB
+    as text, some 40 KB so) and its script, one sbatch, then the array's job id marker and
+    one report line per element. Nothing is written per element (array.py)."""
     toks = " ".join(shlex.quote(m.token) for m in arr.members)
-    out = [f"a={shlex.quote(arr.dir)}; D=({mdirs}); T=({toks}); r=0; o=''"]
-    for i, m in enumerate(arr.members):
-        out.append(f"d=${{D[{i}]}}; printf '%s' \"$__lock\" > \"$d/submitting\" && "
-                   f"printf '%s %s\\n' {shlex.quote(arr.token)} {i} > \"$d/array\" && "
-                   f"printf %s {shlex.quote(m.script)} > \"$d/job.sh\" || r=255")
-    out.append(
+    raw = arr.bundle()
+    packed = base64.encodebytes(gzip.compress(raw, compresslevel=6, mtime=0)).decode()
+    delim = "HPCB_BUNDLE_END"  # base64 lines never hold '_'
+    return "\n".join([
+        f"a={shlex.quote(arr.dir)}; T=({toks}); r=0; o=''",
+        "printf '%s' \"$__lock\" > \"$a/submitting\" || r=255",
+        f"base64 -d <<'{delim}' | gzip -dc > \"$a/jobs\" || r=255",
+        packed.rstrip("\n"),
+        delim,
+        f"[ \"$(wc -c < \"$a/jobs\")\" -eq {len(raw)} ] || r=255",
         f"if [ \"$r\" -eq 0 ] && printf %s {shlex.quote(render_array_script(arr))} > \"$a/array.sh\"; then "
         f"o=$({cmd} \"$a/array.sh\" 2>\"$a/sbatch.err\"); r=$?; "
         "else o='cannot write the job scripts'; r=255; fi; "
         "if [ \"$r\" -eq 0 ]; then o=${o##*$'\\n'}; j=${o%%;*}; case $j in ''|*[!0-9]*) ;; *) "
-        "for x in \"${!D[@]}\"; do printf '%s_%s\\n' \"$j\" \"$x\" > \"${D[$x]}/job_id\"; done ;; esac; fi; "
+        "printf '%s\\n' \"$j\" > \"$a/job_id\" ;; esac; fi; "
         "e=; if [ \"$r\" -ne 0 ]; then e=$(head -c 3000 \"$a/sbatch.err\" 2>/dev/null | base64 -w0); fi; "
         "for t in \"${T[@]}\"; do printf 'HPCB %s %s %s\\n' \"$t\" \"$r\" \"${o//$'\\n'/ }\"; "
-        "if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' \"$t\" \"$e\"; fi; done"
-    )
-    return "\n".join(out)
+        "if [ \"$r\" -ne 0 ]; then printf 'HPCBERR %s %s\\n' \"$t\" \"$e\"; fi; done",
+    ])
 
 
 def parse_submit_report(stdout: str) -> SubmitReport:
@@ -172,17 +178,28 @@ def sbatch_outcome_uncertain(stderr: str) -> bool:
     return bool(_UNCERTAIN.search(stderr))
 
 
-def render_marker_probe(dirs: Mapping[str, str]) -> str:
+def render_marker_probe(dirs: Mapping[str, str], arrays: Mapping[str, str] | None = None) -> str:
     """A script printing ``HPCBMARK <token> <file> <first line>`` for every marker file
-    present in each token's marker dir (``dirs``: token -> marker dir)."""
+    present in each token's marker dir (``dirs``: token -> marker dir). For an array element
+    (``arrays``: token -> its array's dir) the submission's lock is the array's, and the
+    array's job id marker is reported as ``array_job_id``: until the element starts, its own
+    dir does not exist."""
     names = " ".join(MARKER_FILES)
+    arrays = arrays or {}
     lines = ["set -u"]
     for token, d in dirs.items():
-        lines.append(f"d={shlex.quote(d)}; for f in {names}; do "
-                     f"[ -f \"$d/$f\" ] && printf 'HPCBMARK %s %s %s\\n' {shlex.quote(token)} "
-                     f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; "
-                     f"if {_LOCK_HELD}; then printf 'HPCBMARK %s submitting 1\\n' "
-                     f"{shlex.quote(token)}; fi; true")  # fmt: skip
+        tok = shlex.quote(token)
+        a = arrays.get(token)
+        lock_dir = '"$a"' if a else '"$d"'
+        extra = ""
+        if a:
+            extra = (f"[ -f \"$a/job_id\" ] && printf 'HPCBMARK %s array_job_id %s\\n' {tok} "
+                     f"\"$(head -c 200 \"$a/job_id\" | tr -d '\\n')\"; ")
+        lines.append(f"d={shlex.quote(d)}; a={shlex.quote(a or '')}; for f in {names}; do "
+                     f"[ -f \"$d/$f\" ] && printf 'HPCBMARK %s %s %s\\n' {tok} "
+                     f"\"$f\" \"$(head -c 200 \"$d/$f\" | tr -d '\\n')\"; done; {extra}"
+                     f"s={lock_dir}; if {_LOCK_HELD}; then printf 'HPCBMARK %s submitting 1\\n' "
+                     f"{tok}; fi; true")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -252,6 +252,9 @@ class FakeBackend:
                 out[task.id] = err if err is not None else (task.work_dir or self._work_dir(task.id))
             return out
 
+    def plan(self, requests: Sequence[SubmitRequest]) -> dict[str, Mapping[str, Any]]:
+        return {}  # one job per request: nothing to decide before the write-ahead
+
     def submit(self, requests: Sequence[SubmitRequest]) -> list[SubmitOutcome]:
         with self._lock:
             self._record("submit", tuple(requests))

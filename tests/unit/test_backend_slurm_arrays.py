@@ -4,6 +4,7 @@ scripted replies)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from hpcbridge.backends.slurm import SlurmBackend
@@ -37,13 +38,12 @@ def limits_reply(max_array_size: int) -> str:
     """The limits script's output from the real lab captures, MaxArraySize set as asked."""
     config = (DATA / "limits_scontrol_config.txt").read_text()
     config = re.sub(r"(?m)^MaxArraySize\s*=.*$", f"MaxArraySize            = {max_array_size}", config)
-    parts = [config, (DATA / "limits_assoc_limited.txt").read_text(), (DATA / "limits_qos.txt").read_text()]
+    parts = ["hpcblab\n", config, (DATA / "limits_assoc_limited.txt").read_text(), (DATA / "limits_qos.txt").read_text()]
     return "".join(f"HPCB-LIMITS-PART\n{p}" for p in parts)
 
 
 def test_same_request_tasks_become_arrays_split_at_max_array_size() -> None:
     transport = (ReplayTransport()
-                 .on("id -un", stdout="hpcblab\n", times=1)
                  .on_script(stdout=limits_reply(3), contains="HPCB-LIMITS-PART", times=1)
                  .on_script(answer_with_ids(500), times=1))  # fmt: skip
     reqs = submit_requests("a", "b", "c", "d", "e", cpus=2) + submit_requests("x", cpus=8)
@@ -84,3 +84,19 @@ def test_config_max_array_size_wins_over_the_cluster_and_elements_poll_by_their_
     [script] = transport.scripts
     assert "hpcb:a-toka" in script  # the array is named after its first element's token
     transport.verify()  # no scontrol: the config said how large an array may be
+
+
+def test_the_plan_is_made_before_the_write_ahead_and_submit_follows_it_with_holes() -> None:
+    transport = ReplayTransport().on_script(answer_with_ids(90), times=1)
+    backend = SlurmBackend(cluster(arrays=True, max_array_size=10), transport)
+    reqs = submit_requests("a", "b", "c", "d", cpus=2) + submit_requests("x", cpus=8)
+    refs = backend.plan(reqs)
+    assert refs == {f"tok{t}": {"array": "a-toka", "index": i} for i, t in enumerate("abcd")}
+    assert transport.scripts == []  # planning runs nothing on the cluster
+    # b lost its write-ahead compare-and-set: the others go as planned, b's index left out.
+    kept = [replace(r, backend_ref=refs.get(r.token, {})) for r in reqs if r.token != "tokb"]
+    out = {o.token: o.job_id for o in backend.submit(kept)}
+    assert out == {"tokx": "90", "toka": "91_0", "tokc": "91_2", "tokd": "91_3"}
+    [script] = transport.scripts
+    assert '--array="0,2-3"' in script
+    transport.verify()

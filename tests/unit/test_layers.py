@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends",),
     ("doctor",),
     ("registry_queries",),
+    ("registry_batch",),
     ("registry",),
     ("outbox",),
     ("options",),
