@@ -290,6 +290,60 @@ def test_sbatch_ran_but_job_id_never_recorded(
         svc.close()
 
 
+@pytest.mark.parametrize("command, where", [
+    (["true"], "ended"),  # the elements are over before the sync: their markers, or sacct
+    (["sleep", "6"], "squeue"),  # still queued/running: by (array token, index) in squeue
+])  # fmt: skip
+def test_an_array_whose_sbatch_reply_was_lost_is_adopted_element_by_element(
+    fast_config: Path, db: Path, command: list[str], where: str
+) -> None:
+    """Window 2 for an array: sbatch made the array, the process died before it recorded any
+    element. Nothing was written per element on the cluster; the attempts carry their
+    (array token, index) from the write-ahead, and the sync finds each element by it."""
+    svc = Service.open(fast_config, db, source="doomed")
+    backend = svc.backend("lab")
+    real_submit = backend.submit
+    job_ids: list[str] = []
+
+    def submit_then_crash(requests: Any) -> Any:
+        outcomes = real_submit(requests)
+        job_ids.extend(o.job_id for o in outcomes if o.job_id)
+        raise Crash
+
+    backend.submit = submit_then_crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        svc.submit_many([{"command": command, "cluster": "lab", "name": f"el{i}"} for i in range(3)])
+    svc.close()
+    assert len(job_ids) == 3 and len({j.split("_")[0] for j in job_ids}) == 1, job_ids  # one array
+    array = job_ids[0].split("_")[0]
+    svc = Service.open(fast_config, db, source="test")
+    try:
+        tasks = sorted(svc.list_tasks(), key=lambda t: t.spec.name)
+        atts = [svc.attempts(t.id)[0] for t in tasks]
+        assert all(a.job_id is None and a.backend_ref.get("array") for a in atts), atts
+        if where == "ended":
+            wait_for(lambda: not squeue_as_root("-j", array).strip(), 60, "the array to leave squeue")
+        else:
+            assert squeue_as_root("-j", array).strip(), "the array should still be in squeue"
+        report = svc.sync_cluster("lab")
+        assert report.unreachable is None and not report.errors, report
+        by_index = {str(a.backend_ref["index"]): a.task_id for a in atts}
+        for t in tasks:
+            (att,) = svc.attempts(t.id)
+            assert att.job_id == f"{array}_{att.backend_ref['index']}", (att, by_index)
+        ids = [t.id for t in tasks]
+        deadline = time.monotonic() + 120
+        while not all(svc.get(i).state.terminal for i in ids):
+            assert time.monotonic() < deadline, [svc.get(i).state for i in ids]
+            svc.sync_cluster("lab")
+            time.sleep(1.0)
+        assert [svc.get(i).state for i in ids] == [S.SUCCEEDED] * 3
+        assert all(len(svc.attempts(i)) == 1 for i in ids)  # adopted, never submitted again
+    finally:
+        subprocess.run(["scancel", array], capture_output=True, timeout=60)
+        svc.close()
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
