@@ -39,7 +39,8 @@ PEERS = C.BENCH_DIR / "peers"
 # contender -> (label, is a peer / slow one, max N it runs at by default)
 CONTENDERS: dict[str, tuple[str, int]] = {
     "raw": ("(a) raw sbatch loop on the lab host", 10**9),
-    "hpcbridge": ("(c) hpcbridge submit_many over SSH (job arrays)", 10**9),
+    "hpcbridge": ("(c) hpcbridge submit_many over SSH (job arrays), limits read by this call", 10**9),
+    "hpcbridge-warm": ("(c) hpcbridge submit_many over SSH (job arrays), limits cached (read < 1 h ago)", 10**9),
     "hpcbridge-single": ("(c') hpcbridge submit_many over SSH, arrays = false", 10**9),
     "ssh-per-job": ("(b) one OpenSSH ssh process per sbatch", 200),
     "pysqa-raw-continuous": ("(d) pysqa 1.1.1 remote, continuous connection, raw sbatch", 50),
@@ -78,18 +79,25 @@ def run_ssh_per_job(n: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "job_ids": ids, "errors": errors}
 
 
-def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) -> dict[str, Any]:
+def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True, warm: bool = False) -> dict[str, Any]:
+    """``warm``: the cluster's limits are in the runtime's cache already (as after any other
+    submission of the last hour: they are read once and kept for an hour); without, this
+    submission reads them (MaxArraySize, MaxSubmitJobs: one script, two sacctmgr queries)."""
     from hpcbridge.service import Service
 
     tmp = C.tempdir("submit")
     cfg = C.bench_config(tmp, commands_per_minute=100000, arrays=arrays)
+    if warm:  # another process of the same user, earlier: its own connection, closed
+        first = Service.open(cfg, tmp / "registry.db", source="bench")
+        first.runtime.cluster_limits("lab")
+        first.close()
     svc = Service.open(cfg, tmp / "registry.db", source="bench")  # migrations outside the timed part
     # Module imports (paramiko's most of all, 0.2-0.3 s here) are process start-up, paid once
     # per process like the interpreter's own, which no contender's clock includes either.
-    # Connecting, the cluster's limits (no cache: a new data dir per run) and everything
-    # else are inside the clock.
+    # Connecting, the cluster's limits (unless ``warm``) and everything else are inside.
     import hpcbridge.backends.slurm  # noqa: F401
     import hpcbridge.transport.ssh  # noqa: F401
+
     specs = [{"command": ["true"], "name": f"b{i}"} for i in range(n)]
     prof = None
     if profile:
@@ -99,18 +107,25 @@ def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True) ->
         prof.enable()
     c0, t0 = time.process_time(), time.perf_counter()
     tasks = svc.submit_many(specs)
-    attempts = svc.registry.current_attempts([t.id for t in tasks])
+    # The clock stops once every attempt has its job id in the registry (a count here; the
+    # ids are read below, outside the clock).
+    recorded = svc.registry.conn.execute("SELECT COUNT(*) FROM attempts WHERE job_id IS NOT NULL").fetchone()[0]
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile)
+    attempts = svc.registry.current_attempts([t.id for t in tasks])
     ids = [a.job_id for a in attempts.values() if a.job_id]
+    assert recorded == len(ids), (recorded, len(ids))
     backend = svc.backend("lab")
     # (TransportStats.as_dict() raises "cannot pickle '_thread.lock'": dataclasses.asdict
     # deep-copies its _lock field; read the counters directly.)
     st = backend.transport.stats  # type: ignore[attr-defined]
     stats = {k: getattr(st, k) for k in ("round_trips", "connects", "sftp_ops")}
-    work_dirs = [svc.get(t.id).work_dir or "" for t in tasks]
+    base = backend.base_dir()  # type: ignore[attr-defined]
+    array_dirs = sorted({f"{base}/.hpcbridge/arrays/{a.backend_ref['array']}"
+                         for a in attempts.values() if a.backend_ref.get("array")})  # fmt: skip
+    work_dirs = [svc.get(t.id).work_dir or "" for t in tasks] + array_dirs
     svc.close()
     return {
         "seconds": elapsed, "local_cpu_s": cpu, "job_ids": ids, "errors": n - len(ids),
@@ -195,6 +210,7 @@ def run_hpcrocket_cli(n: int) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[int], dict[str, Any]]] = {
     "raw": run_raw,
     "hpcbridge": run_hpcbridge,
+    "hpcbridge-warm": run_hpcbridge,
     "ssh-per-job": run_ssh_per_job,
     "pysqa-raw-continuous": run_pysqa("raw", "continuous"),
     "pysqa-raw-percall": run_pysqa("raw", "percall"),
@@ -261,7 +277,8 @@ def main() -> None:
                 prof = args.profile if (name == "hpcbridge" and n == max(ns) and r == 0) else None
                 try:
                     if name.startswith("hpcbridge"):
-                        out = run_hpcbridge(n, profile=prof, arrays=name == "hpcbridge")
+                        out = run_hpcbridge(n, profile=prof, arrays=name != "hpcbridge-single",
+                                            warm=name == "hpcbridge-warm")  # fmt: skip
                     else:
                         out = RUNNERS[name](n)
                 except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
@@ -317,9 +334,10 @@ def main() -> None:
                       title="hpcbridge submit_many: per call")  # fmt: skip
     targets = []
     for r in results:
-        if r["contender"] == "hpcbridge" and r["n"] >= 1000:
-            targets.append({"target": f"N={r['n']}: hpcbridge (arrays) <= 0.05x raw", "value": r["ratio_to_raw"],
-                            "met": r["ratio_to_raw"] <= 0.05})  # fmt: skip
+        if r["contender"] in ("hpcbridge", "hpcbridge-warm") and r["n"] >= 1000:
+            how = "limits read by the call" if r["contender"] == "hpcbridge" else "limits cached"
+            targets.append({"target": f"N={r['n']}: hpcbridge (arrays, {how}) <= 0.05x raw",
+                            "value": r["ratio_to_raw"], "met": r["ratio_to_raw"] <= 0.05})  # fmt: skip
             calls = r.get("sbatch_calls") or 0
             targets.append({"target": f"N={r['n']}: <= 2 sbatch per 1000 tasks", "value": calls,
                             "met": calls <= 2 * r["n"] / 1000})  # fmt: skip

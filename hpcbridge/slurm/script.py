@@ -6,6 +6,7 @@ sbatch reads the script as a file (or stdin) and its ``#SBATCH`` lines carry eve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import re
@@ -114,54 +115,23 @@ def render_batch_script(
     meta = posixpath.join(work_dir, ".hpcbridge")
     marker_dir = posixpath.join(meta, str(attempt))
 
-    opts: list[str] = [
-        f"--job-name={job_name(task_id, attempt)}",
-        f"--comment={comment_for_token(token)}",
-        f"--chdir={work_dir}",
-        f"--output={percent_escape(posixpath.join(meta, f'attempt-{attempt}.out'))}",
-        f"--error={percent_escape(posixpath.join(meta, f'attempt-{attempt}.err'))}",
+    opts: list[tuple[str, str]] = [
+        ("--job-name", job_name(task_id, attempt)),
+        ("--comment", comment_for_token(token)),
+        ("--chdir", work_dir),
+        ("--output", percent_escape(posixpath.join(meta, f"attempt-{attempt}.out"))),
+        ("--error", percent_escape(posixpath.join(meta, f"attempt-{attempt}.err"))),
         # A Slurm-side requeue re-runs the script with the same files: keep the first run's
         # output instead of truncating it.
-        "--open-mode=append",
+        ("--open-mode", "append"),
     ]
-    r = resources
-    extra_opts, extra_excludes = check_sbatch_options(r.sbatch_options)
-    for flag, value in (("partition", r.partition), ("account", r.account), ("qos", r.qos)):
-        if value is not None:
-            opts.append(f"--{flag}={check_text(flag, value)}")
-    if r.time is not None:
-        if not _TIME.match(r.time):
-            raise UsageError(f"invalid time limit {r.time!r}", hint="e.g. 10, 01:00:00, 1-00:00:00")
-        opts.append(f"--time={r.time}")
-    if r.cpus is not None:
-        if isinstance(r.cpus, bool) or not isinstance(r.cpus, int) or r.cpus < 1:
-            raise UsageError(f"cpus must be a positive integer, got {r.cpus!r}")
-        opts.append(f"--cpus-per-task={r.cpus}")
-    if r.mem is not None:
-        if not _MEM.match(r.mem):
-            raise UsageError(f"invalid memory {r.mem!r}", hint="e.g. 500M, 2G")
-        opts.append(f"--mem={r.mem}")
-    if r.gres is not None:
-        opts.append(f"--gres={check_text('gres', r.gres)}")
-    if r.signal is not None:
-        opts.append(f"--signal={check_signal(r.signal)}")
-    try:
-        excluded = merge_excludes(tuple(exclude_nodes), extra_excludes)
-    except ValueError as exc:
-        raise UsageError(f"invalid node exclusion list {list(exclude_nodes)!r}: {exc}",
-                         hint="node names or Slurm hostlists, e.g. node[1-3]") from exc  # fmt: skip
-    if excluded:
-        opts.append("--exclude=" + compress_hostlist(excluded))
-    opts.append("--requeue" if requeue else "--no-requeue")
-    opts.extend(extra_opts)
-
     lines = ["#!/bin/bash"]
-    for o in opts:
-        flag, eq, value = o.partition("=")
-        if eq and re.fullmatch(r"--[a-z][a-z-]*", flag):
-            lines.append(f"#SBATCH {flag}={sbatch_quote(value)}")
-        else:
-            lines.append(f"#SBATCH {sbatch_quote(o)}")
+    lines += [f"#SBATCH {flag}={sbatch_quote(value)}" for flag, value in opts]
+    # The resource request is the same for every task of a sweep: validated and quoted once.
+    try:
+        lines += _request_lines(resources, tuple(exclude_nodes), requeue)
+    except TypeError:  # a field that cannot be hashed (a list where a tuple belongs)
+        lines += _request_lines.__wrapped__(resources, tuple(exclude_nodes), requeue)
     lines += [
         f"# hpcbridge task {job_name(task_id, attempt)}: no #SBATCH lines below this point",
         "set -u",
@@ -274,6 +244,49 @@ def render_batch_script(
         'exit "$__hpcb_rc"',
     ]
     return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _request_lines(r: Resources, exclude_nodes: tuple[str, ...], requeue: bool) -> tuple[str, ...]:
+    """The ``#SBATCH`` lines of a resource request (validated: UsageError)."""
+    opts: list[str] = []
+    extra_opts, extra_excludes = check_sbatch_options(r.sbatch_options)
+    for flag, value in (("partition", r.partition), ("account", r.account), ("qos", r.qos)):
+        if value is not None:
+            opts.append(f"--{flag}={check_text(flag, value)}")
+    if r.time is not None:
+        if not _TIME.match(r.time):
+            raise UsageError(f"invalid time limit {r.time!r}", hint="e.g. 10, 01:00:00, 1-00:00:00")
+        opts.append(f"--time={r.time}")
+    if r.cpus is not None:
+        if isinstance(r.cpus, bool) or not isinstance(r.cpus, int) or r.cpus < 1:
+            raise UsageError(f"cpus must be a positive integer, got {r.cpus!r}")
+        opts.append(f"--cpus-per-task={r.cpus}")
+    if r.mem is not None:
+        if not _MEM.match(r.mem):
+            raise UsageError(f"invalid memory {r.mem!r}", hint="e.g. 500M, 2G")
+        opts.append(f"--mem={r.mem}")
+    if r.gres is not None:
+        opts.append(f"--gres={check_text('gres', r.gres)}")
+    if r.signal is not None:
+        opts.append(f"--signal={check_signal(r.signal)}")
+    try:
+        excluded = merge_excludes(exclude_nodes, extra_excludes)
+    except ValueError as exc:
+        raise UsageError(f"invalid node exclusion list {list(exclude_nodes)!r}: {exc}",
+                         hint="node names or Slurm hostlists, e.g. node[1-3]") from exc  # fmt: skip
+    if excluded:
+        opts.append("--exclude=" + compress_hostlist(excluded))
+    opts.append("--requeue" if requeue else "--no-requeue")
+    opts.extend(extra_opts)
+    lines = []
+    for o in opts:
+        flag, eq, value = o.partition("=")
+        if eq and re.fullmatch(r"--[a-z][a-z-]*", flag):
+            lines.append(f"#SBATCH {flag}={sbatch_quote(value)}")
+        else:
+            lines.append(f"#SBATCH {sbatch_quote(o)}")
+    return tuple(lines)
 
 
 def heredoc_delimiter(body: str, token: str) -> str:
