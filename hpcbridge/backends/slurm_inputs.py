@@ -8,8 +8,8 @@ input). Now every regular-file input goes to a content-addressed store on the cl
 2. each missing one is uploaded once (SFTP, atomic), whatever the number of tasks using it;
    a file uploaded by an earlier sweep (same content, same name) is not uploaded again;
 3. one command places every (store file, work dir) pair as a copy of its own on the
-   cluster (``cp --reflink=auto``: a copy-on-write clone where the file system has them,
-   so no extra disk there), one ``mkdir -p`` for all and one ``cp`` per pair.
+   cluster: one ``mkdir -p`` for all, one ``tee`` per 200 copies of a small file, one
+   ``cp --reflink=auto`` per copy of a large one (see ``PLACE_SCRIPT``).
 
 Never a symlink, and never a hard link: a job may write its input in place (a restart file,
 a mesh it refines), and with a shared inode that would change the input of every other task
@@ -38,19 +38,36 @@ HASH_CHUNK = 1 << 20
 # stdin: NUL-terminated paths; prints the ones that exist as regular files.
 PROBE_SCRIPT = "while IFS= read -r -d '' p; do [ -f \"$p\" ] && printf '%s\\0' \"$p\"; done; exit 0"
 
-# stdin: NUL-terminated (store file, destination) pairs; prints the destinations that failed.
-# One mkdir for all (through xargs: no argument list too long), then one cp per destination
-# (there is no "one file into many dirs" form of cp); --reflink is GNU's, plain cp elsewhere.
+# stdin: NUL-terminated (store file, destination) pairs, grouped by store file; prints the
+# destinations that failed. One mkdir for all (through xargs: no argument list too long).
+# Then, per store file of at most TEE_MAX_BYTES, one `tee` writes up to 200 copies at once
+# (and one `chmod --reference` gives them the store file's mode, as cp would): measured on
+# the lab, 1,000 `cp` forks took 2-3 s of a 1,000-task sweep's 4.5 s submission; two `tee`
+# take milliseconds. Larger files, and any batch tee or chmod fails for, go one `cp` per
+# copy (`--reflink=auto`: a copy-on-write clone where the file system has them; GNU's, so
+# plain cp elsewhere), which reports each failure on its own.
+TEE_MAX_BYTES = 16 << 20
 PLACE_SCRIPT = r"""s=() d=() p=()
 while IFS= read -r -d '' a && IFS= read -r -d '' b; do s+=("$a"); d+=("$b"); p+=("${b%/*}"); done
 [ "${#s[@]}" -gt 0 ] || exit 0
 printf '%s\0' "${p[@]}" | sort -zu | xargs -0 mkdir -p -- 2>/dev/null
-for i in "${!s[@]}"; do
-  cp -f --reflink=auto -- "${s[i]}" "${d[i]}" 2>/dev/null || cp -f -- "${s[i]}" "${d[i]}" 2>/dev/null ||
-    printf '%s\0' "${d[i]}"
+i=0; n=${#s[@]}
+while [ "$i" -lt "$n" ]; do
+  src=${s[i]}; j=$i
+  while [ "$j" -lt "$n" ] && [ "${s[j]}" = "$src" ] && [ $((j - i)) -lt 200 ]; do j=$((j + 1)); done
+  batch=("${d[@]:i:j-i}"); i=$j
+  size=$(wc -c < "$src" 2>/dev/null) || size=
+  if [ -n "$size" ] && [ "$size" -le __TEE_MAX__ ] && tee -- "${batch[@]}" < "$src" > /dev/null 2>&1 &&
+     chmod --reference="$src" -- "${batch[@]}" 2>/dev/null; then
+    continue
+  fi
+  for x in "${batch[@]}"; do
+    rm -f -- "$x" 2>/dev/null  # what a failed tee left, with the wrong mode
+    cp -f --reflink=auto -- "$src" "$x" 2>/dev/null || cp -f -- "$src" "$x" 2>/dev/null || printf '%s\0' "$x"
+  done
 done
 exit 0
-"""
+""".replace("__TEE_MAX__", str(TEE_MAX_BYTES))
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,7 @@ def stage_inputs(transport: Transport, base_dir: str, tasks: Sequence[Task],
         else:
             todo.append(p)
     if todo:
+        todo.sort(key=lambda p: p.store)  # grouped: one tee per store file (PLACE_SCRIPT)
         res = transport.run(["bash", "-c", PLACE_SCRIPT],
                             stdin=_nul([x for p in todo for x in (p.store, p.dest)]),
                             timeout=timeout + len(todo) / 100, what="placing inputs in work dirs")  # fmt: skip

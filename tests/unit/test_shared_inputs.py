@@ -113,3 +113,18 @@ def test_directories_are_still_uploaded_per_task(tmp_path: Path) -> None:
     (d / "sub" / "f").write_text("x")
     b.prepare([replace(task("a"), spec=replace(task("a").spec, inputs=(str(d),)))])
     assert (work / "a" / "case" / "sub" / "f").read_text() == "x" and len(t.puts) == 1
+
+
+def test_copies_keep_the_store_files_mode_and_a_failed_batch_falls_back_per_copy(tmp_path: Path) -> None:
+    b, _t, work = setup(tmp_path)
+    tool = tmp_path / "solver.sh"
+    tool.write_text("#!/bin/sh\necho solved\n")
+    tool.chmod(0o750)
+    work.mkdir(parents=True)
+    (work / "blocked").write_text("a file where the work dir should be")  # its batch's tee fails
+    out = b.prepare([task(f"t{i}", tool) for i in range(250)] + [task("blocked", tool)])  # two tee batches
+    assert isinstance(out["blocked"], HpcBridgeError) and "solver.sh" in out["blocked"].message
+    for i in range(250):
+        placed = work / f"t{i}" / "solver.sh"
+        assert placed.read_text() == tool.read_text(), i
+        assert placed.stat().st_mode & 0o777 == 0o750, i  # executable, as the input was
