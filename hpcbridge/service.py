@@ -299,8 +299,8 @@ class Service:
         ids = [self.resolve(t) for t in task_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.1
+        tasks = self.registry.get_tasks(ids)
         while True:
-            tasks = [self.registry.get_task(t) for t in ids]
             if on_progress is not None:
                 on_progress(tasks)
             pending = [t for t in tasks if not t.state.terminal]
@@ -312,6 +312,7 @@ class Service:
                     f"(e.g. {pending[0].id} is {pending[0].state.value})",
                     hint="the tasks keep running; wait again later or check `hpcbridge tasks info`",
                 )
+            started = time.monotonic()
             for cluster in sorted({t.cluster for t in pending}):
                 try:
                     self.sync_cluster(cluster)
@@ -319,9 +320,14 @@ class Service:
                     if not exc.transient:
                         raise
                     log.warning("cluster %s: %s", cluster, exc.message)
+            tasks = self.registry.refresh(tasks)
+            if all(t.state.terminal for t in tasks):
+                continue  # the cycle that ended them: no sleep before saying so
             remote = any(self.cluster(t.cluster).backend != "local" for t in pending)
             cap = interval if interval is not None else (3.0 if remote else 1.0)
-            sleep = min(delay, cap)
+            # One cycle every ``cap`` seconds, its own duration included (the command budget
+            # still bounds what a cycle may run).
+            sleep = max(0.0, min(delay, cap) - (time.monotonic() - started))
             if deadline is not None:
                 sleep = max(0.0, min(sleep, deadline - time.monotonic()))
             time.sleep(sleep)
