@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import projects as proj
+from . import listing
 from .cli_common import (
     EXIT_ERROR,
     Group,
@@ -17,7 +17,9 @@ from .cli_common import (
     parse_pairs,
     progress_bar,
     progress_printer,
+    reads_registry_only,
     rerun_watched,
+    runtime,
     service,
     watch_loop,
     watch_option,
@@ -38,6 +40,7 @@ def tasks() -> None:
     Every ID may be a unique prefix of a task id, or `last` for the newest task."""
 
 
+@reads_registry_only
 @tasks.command("list")
 @click.option("--state", "-s", "states", multiple=True, type=click.Choice([s.value for s in TaskState]),
               help="Only tasks in this state (repeatable).")  # fmt: skip
@@ -65,7 +68,7 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
         raise UsageError("give --json or --format, not both", hint="--format json: flat records with metadata columns")
     if rerun_watched(ctx, watch):
         return
-    svc = service(ctx)
+    registry = runtime(ctx).registry  # a listing reads the registry only: no service opened
     selected = [TaskState(s) for s in states] or None
     if active:
         selected = [s for s in (selected or TaskState) if not s.terminal]
@@ -75,9 +78,9 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
         if not key:
             raise UsageError(f"--meta must look like KEY=VALUE or KEY, got {pair!r}")
         wanted[key] = value if sep else None
-    rows = proj.find_tasks(svc, states=selected, cluster=cluster, limit=limit, project=project,
-                           metadata=wanted or None)  # fmt: skip
-    usage = svc.usage_of([t.id for t in rows]) if show_usage else {}
+    rows = listing.find_tasks(registry, states=selected, cluster=cluster, limit=limit, project=project,
+                              metadata=wanted or None)  # fmt: skip
+    usage = listing.usage_of(registry, [t.id for t in rows]) if show_usage else {}
     if fmt:
         _export(rows, usage if show_usage else None, fmt)
         return

@@ -16,8 +16,10 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "hpcbridge"
 
 LAYERS: list[tuple[str, ...]] = [
+    ("lazylog",),
     ("errors",),
     ("lifecycle",),
+    ("event_names",),
     ("models", "paths", "leases", "sweep", "deps", "events", "transfers"),
     ("config", "schema", "slurm"),
     ("diagnostics",),
@@ -30,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("doctor",),
     ("registry_queries",),
     ("registry",),
+    ("listing",),
     ("outbox",),
     ("options",),
     ("runtime",),
