@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lazylog",),
     ("errors",),
     ("lifecycle",),
-    ("event_names",),
+    ("event_names", "records"),
     ("models", "paths", "leases", "sweep", "deps", "events", "transfers"),
     ("config", "schema", "slurm"),
     ("diagnostics",),
