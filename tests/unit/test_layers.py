@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tui",),
     ("cli_common",),
     ("cli_complete",),
-    ("cli_tasks", "cli_projects", "cli_submit", "cli_report", "cli_events", "cli_top"),
+    ("cli_tasks", "cli_projects", "cli_submit", "cli_report", "cli_events", "cli_top", "cli_task_actions"),
     ("cli_clusters",),
     ("cli", "__init__"),
     ("__main__",),
