@@ -70,6 +70,8 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """One ``[clusters.NAME]`` table: where and how tasks of that cluster run."""
+
     name: str
     backend: str = "local"
     transport: str = "local"
@@ -136,6 +138,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The configuration in effect: the clusters, the default one, the notification rules."""
+
     clusters: Mapping[str, ClusterConfig]
     default_cluster: str
     path: Path | None = None  # the file it came from, None = built-in

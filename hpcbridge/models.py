@@ -295,6 +295,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Event:
+    """One entry of a task's history: a state change, a submission, a metadata edit or a note."""
+
     id: int
     task_id: str
     at: float
