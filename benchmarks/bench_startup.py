@@ -5,17 +5,29 @@ dependencies set, ``python -c 'import click, sqlite3'``, measured in the same ru
     python benchmarks/bench_startup.py               # 40 interleaved rounds
     python benchmarks/bench_startup.py --rounds 100 --json results/startup.json
     python benchmarks/bench_startup.py --before 24f1482   # also an earlier commit's tasks list
+    python benchmarks/bench_startup.py --editable    # in this (development) venv instead
 
 Each round runs the baseline and every contender once, in a shuffled order, with the same
-interpreter (``sys.executable``), so load spikes hit both sides of a ratio alike; the ratio
-reported is the median of the per-round ratios, next to each side's median wall time. The
-registry holds 20 tasks (pre-migrated, so no round pays for a migration) and a config file
-with one Slurm cluster is in effect (``tomllib`` and the config's code are on the path, as
-for a real user); nothing talks to a cluster. No lab needed.
+interpreter, so load spikes hit both sides of a ratio alike; the ratio reported is the
+median of the per-round ratios, next to each side's median wall time. The registry holds
+20 tasks (pre-migrated, so no round pays for a migration) and a config file with one Slurm
+cluster is in effect (``tomllib`` and the config's code are on the path, as for a real
+user); nothing talks to a cluster. No lab needed.
+
+What is measured, by default: a regular install, as ``pip install hpcbridge`` leaves it. A
+fresh venv (``python -m venv --without-pip``, same base interpreter) gets the working
+tree's ``hpcbridge/`` copied into its site-packages, where a wheel puts it, and one ``.pth``
+line naming this venv's site-packages for the dependencies (click...). The ``.pth`` files
+*in* that directory are not run from there, so neither side pays for the development
+install's ``__editable__`` finder (it imports pathlib, urllib.parse, fnmatch... at every
+interpreter start-up, the baseline's too) nor setuptools' distutils hack. Baseline and
+contenders all run with that venv's python. ``--editable`` measures in this venv as it is
+(``sys.executable``, the editable install, both sides paying for its finder).
 
 ``--before COMMIT`` adds that commit's ``tasks list`` as a contender (its ``hpcbridge/`` is
-extracted with ``git archive`` to a temp dir and put first on ``PYTHONPATH``), so a change
-is measured against what it replaced in the same interleaved rounds.
+extracted with ``git archive``, installed the same way in a venv of its own, or with
+``--editable`` put first on ``PYTHONPATH``), so a change is measured against what it
+replaced in the same interleaved rounds.
 
 Also printed: the modules the ``tasks list`` process imports beyond the baseline's, from
 ``python -X importtime`` (the heaviest first), which is where start-up time goes.
@@ -26,9 +38,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +63,17 @@ transport = "ssh"
 host = "login.example.org"
 user = "alice"
 work_dir = "/scratch/alice/hpcbridge"
+"""
+
+
+CONSOLE_SCRIPT = """\
+# -*- coding: utf-8 -*-
+import re
+import sys
+from hpcbridge.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
 """
 
 
@@ -73,6 +98,22 @@ def prepare(tmp: Path) -> dict[str, str]:
     reg.insert_tasks(tasks, source="bench")
     reg.close()
     return env
+
+
+def regular_install(venv: Path, tree: Path) -> str:
+    """A venv whose site-packages holds ``tree/hpcbridge`` as a wheel lays it out, and the
+    dependencies through one ``.pth`` path line; its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    shutil.copytree(tree / "hpcbridge", site / "hpcbridge", ignore=shutil.ignore_patterns("__pycache__"))
+    # The console script, as pip writes it for `[project.scripts] hpcbridge = hpcbridge.cli:main`.
+    script = venv / "bin" / "hpcbridge"
+    script.write_text(f"#!{py}\n{CONSOLE_SCRIPT}", encoding="utf-8")
+    script.chmod(0o755)
+    return str(py)
 
 
 def run_once(argv: list[str], env: dict[str, str], extra_env: dict[str, str] | None = None) -> float:
@@ -106,17 +147,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40, help="interleaved rounds (default 40)")
     ap.add_argument("--json", dest="json_path", help="write the results here too")
     ap.add_argument("--before", metavar="COMMIT", help="also time this commit's tasks list")
+    ap.add_argument("--editable", action="store_true",
+                    help="measure in this venv (the editable install) instead of a regular install")  # fmt: skip
     args = ap.parse_args()
-    py = sys.executable
-    contenders: dict[str, list[str]] = {
-        "baseline: python -c 'import click, sqlite3'": [py, "-c", "import click, sqlite3"],
-        "python -m hpcbridge tasks list": [py, "-m", "hpcbridge", "tasks", "list"],
-        "python -m hpcbridge --version": [py, "-m", "hpcbridge", "--version"],
-    }
-    base_name = next(iter(contenders))
     extra: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="hb-startup-") as d:
         env = prepare(Path(d))
+        py = sys.executable if args.editable else regular_install(Path(d) / "venv", C.ROOT)
+        contenders: dict[str, list[str]] = {
+            "baseline: python -c 'import click, sqlite3'": [py, "-c", "import click, sqlite3"],
+            "python -m hpcbridge tasks list": [py, "-m", "hpcbridge", "tasks", "list"],
+            "python -m hpcbridge --version": [py, "-m", "hpcbridge", "--version"],
+        }
+        if not args.editable:  # what a user types: the installed script (no runpy, unlike -m)
+            contenders["hpcbridge tasks list (console script)"] = [str(Path(py).parent / "hpcbridge"), "tasks", "list"]
+        base_name = next(iter(contenders))
         if args.before:
             tree = Path(d) / "before"
             tree.mkdir()
@@ -124,8 +169,11 @@ def main() -> None:
                                      capture_output=True, check=True).stdout  # fmt: skip
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
             name = f"python -m hpcbridge tasks list at {args.before}"
-            contenders[name] = [py, "-m", "hpcbridge", "tasks", "list"]
-            extra[name] = {"PYTHONPATH": str(tree)}
+            if args.editable:
+                contenders[name] = [py, "-m", "hpcbridge", "tasks", "list"]
+                extra[name] = {"PYTHONPATH": str(tree)}
+            else:
+                contenders[name] = [regular_install(Path(d) / "venv-before", tree), "-m", "hpcbridge", "tasks", "list"]
         for name, argv in contenders.items():  # warm the page cache and the .pyc files
             run_once(argv, env, extra.get(name))
         times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -143,7 +191,8 @@ def main() -> None:
     rows = [[name, f"{1000 * statistics.median(times[name]):.1f}", f"{statistics.median(ratios[name]):.2f}"]
             for name in contenders]  # fmt: skip
     C.print_table(["process", "median ms", "x baseline (median of paired ratios)"], rows,
-                  title=f"{args.rounds} interleaved rounds, load average before: "
+                  title=f"{'editable (this venv)' if args.editable else 'regular install'}, {args.rounds} "
+                        "interleaved rounds, load average before: "
                         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     ratio = statistics.median(ratios["python -m hpcbridge tasks list"])
     print(f"\ntasks list / baseline = {ratio:.2f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'NOT met'}")
@@ -157,6 +206,7 @@ def main() -> None:
         "median_seconds": {k: statistics.median(v) for k, v in times.items()},
         "median_ratio": {k: statistics.median(v) for k, v in ratios.items()},
         "times": times, "extra_modules": sorted(extra_mods), "before": args.before,
+        "install": "editable" if args.editable else "regular",
     }  # fmt: skip
     C.write_json("startup", result, args.json_path)
 

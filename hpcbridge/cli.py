@@ -7,16 +7,18 @@ that times out exits 3. Logging handlers are configured here and nowhere in the 
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from .cli_common import EXIT_ERROR, Group, service
+from . import lazylog
+from .cli_common import EXIT_ERROR, Group, service, wants_logging
 from .cli_complete import complete_clusters, complete_task_ids
 
 
 def _setup_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)  # fmt: skip
@@ -34,7 +36,11 @@ def cli(ctx: click.Context, config: str | None, db: str | None, verbose: int) ->
     """Run simulations on Slurm clusters (or locally) as durable, trackable tasks."""
     ctx.ensure_object(dict)
     ctx.obj.update(config=config, db=db)
-    _setup_logging(verbose)
+    # Configured now, or (a command that only reads the registry, without -v) just before
+    # hpcbridge first logs: such a command then never imports logging (lazylog).
+    lazylog.set_up_when_used(lambda: _setup_logging(verbose))
+    if verbose or wants_logging(ctx):
+        lazylog.set_up_now()
 
 
 # ---------------------------------------------------------------------------- logs
@@ -98,6 +104,8 @@ def sync(ctx: click.Context, clusters: tuple[str, ...], quiet: bool) -> None:
 @click.pass_context
 def daemon(ctx: click.Context, interval: float, clusters: tuple[str, ...], max_cycles: int | None) -> None:
     """Run sync cycles forever; stops cleanly on SIGTERM/SIGINT."""
+    import logging
+
     from .daemon import run_daemon
 
     if not logging.getLogger().isEnabledFor(logging.INFO):

@@ -5,19 +5,23 @@ invocation, ``key=value`` parsing and the progress lines of a wait."""
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import transfers
+from . import lazylog, transfers
 from .errors import HpcBridgeError, UsageError, WaitTimeout
 from .lifecycle import TaskState
 from .models import Task
-from .service import Service
+
+# The service (and the sync, submission and slurm machinery under it) is imported by the
+# commands that use it: `tasks list` reads the registry through `runtime(ctx)` alone.
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .service import Service
 
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 3
@@ -48,7 +52,33 @@ class LazyCommands(dict[str, Any]):
         return ((name, self[name]) for name in list(self))
 
 
+READS_ONLY = "hpcbridge.reads_only"  # ctx.meta: the command to run only reads the registry
+
+
+def reads_registry_only(cmd: click.Command) -> click.Command:
+    """Mark a command that only reads the registry (and prints): logging is configured for
+    it only if hpcbridge logs something (``lazylog``), so it starts without importing it."""
+    cmd.reads_registry_only = True  # type: ignore[attr-defined]
+    return cmd
+
+
+def wants_logging(ctx: click.Context) -> bool:
+    """Whether the command being run needs logging configured before it starts: every one
+    but those marked ``reads_registry_only``. Unknown yet (a group is being entered):
+    the group's ``resolve_command`` decides once it knows the command."""
+    return ctx.meta.get(READS_ONLY) is False
+
+
 class Group(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not isinstance(cmd, click.Group):
+            reads_only = bool(getattr(cmd, "reads_registry_only", False))
+            ctx.meta[READS_ONLY] = reads_only
+            if not reads_only:
+                lazylog.set_up_now()  # a no-op before the root's callback asked for a set-up
+        return name, cmd, rest
+
     def add_lazy_command(self, name: str, target: str) -> None:
         """Register ``target`` (``"package.module:attribute"``, a click command) under
         ``name`` without importing it yet."""
@@ -71,12 +101,34 @@ class Group(click.Group):
 
 
 def service(ctx: click.Context) -> Service:
+    """The invocation's service (opened on first use, closed when the command ends)."""
     obj = ctx.find_root().obj
     if obj.get("service") is None:
-        obj["service"] = Service.open(obj.get("config"), obj.get("db"), source="cli")
-        ctx.find_root().call_on_close(obj["service"].close)
+        from .service import Service
+
+        if obj.get("runtime") is not None:
+            obj["service"] = Service(obj["runtime"])
+        else:
+            obj["service"] = Service.open(obj.get("config"), obj.get("db"), source="cli")
+            ctx.find_root().call_on_close(obj["service"].close)
     svc: Service = obj["service"]
     return svc
+
+
+def runtime(ctx: click.Context) -> Runtime:
+    """The invocation's config and registry without the use cases above them (the service's
+    own runtime once it is open): what a command that only reads the registry needs."""
+    obj = ctx.find_root().obj
+    if obj.get("service") is not None:
+        rt: Runtime = obj["service"].runtime
+        return rt
+    if obj.get("runtime") is None:
+        from .runtime import Runtime
+
+        obj["runtime"] = Runtime.open(obj.get("config"), obj.get("db"), source="cli")
+        ctx.find_root().call_on_close(obj["runtime"].close)
+    rt = obj["runtime"]
+    return rt
 
 
 def parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -176,6 +228,8 @@ def rerun_watched(ctx: click.Context, interval: float | None, title: str = "") -
 def progress_bar(label: str = "") -> Any:
     """For a wait on a terminal: one stderr line redrawn in place (a bar, counts by state,
     an ETA from the tasks' run times); call ``.close()`` at the end to move past it."""
+    import shutil
+
     from .progress import counts_of, eta_of, progress_line
 
     drawn = [False]
@@ -204,6 +258,8 @@ def transfer_printer(clock: Callable[[], float] = time.monotonic, *, shown_after
     """A transfer observer that draws, on stderr, one line per file that takes longer than
     ``shown_after`` seconds: its name, the bytes so far (of all) and the rate, redrawn in
     place at most every ``redraw`` seconds and left on screen when the file is done."""
+    import shutil
+
     from .progress import transfer_line
 
     state: dict[str, Any] = {"key": None, "start": 0.0, "drawn": 0.0}

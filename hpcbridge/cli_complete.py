@@ -11,10 +11,12 @@ user's prompt.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem
+
+if TYPE_CHECKING:  # imported when completing: every command declares these callbacks
+    from click.shell_completion import CompletionItem
 
 from .config import load_config, resolve_db_path
 from .lifecycle import TaskState
@@ -49,6 +51,8 @@ def _db(ctx: click.Context) -> Any:
 def complete_task_ids(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
     """Task ids starting with what was typed (newest first), with state and name as help;
     ``last`` too, where commands accept it."""
+    from click.shell_completion import CompletionItem
+
     items = [CompletionItem(tid, help=f"{state} {name}".strip())
              for tid, state, name in peek_names(_db(ctx), "id", incomplete, limit=MAX_ITEMS)]  # fmt: skip
     if "last".startswith(incomplete) and incomplete:
@@ -59,6 +63,8 @@ def complete_task_ids(ctx: click.Context, incomplete: str) -> list[CompletionIte
 @_quiet
 def complete_projects(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
     """Project names in the registry (and the config's default project)."""
+    from click.shell_completion import CompletionItem
+
     names = [row[0] for row in peek_names(_db(ctx), "project", incomplete, limit=MAX_ITEMS)]
     try:
         default = load_config(_root_param(ctx, "config")).default_project
@@ -73,6 +79,8 @@ def complete_projects(ctx: click.Context, incomplete: str) -> list[CompletionIte
 def complete_clusters(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
     """Cluster names of the config, then those only the registry knows (removed from the
     config but still holding tasks)."""
+    from click.shell_completion import CompletionItem
+
     items: dict[str, str] = {}
     try:
         cfg = load_config(_root_param(ctx, "config"))
@@ -89,4 +97,6 @@ def complete_clusters(ctx: click.Context, incomplete: str) -> list[CompletionIte
 @_quiet
 def complete_states(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
     """Task states (for options that are not already a click.Choice)."""
+    from click.shell_completion import CompletionItem
+
     return [CompletionItem(s.value) for s in TaskState if s.value.startswith(incomplete)]

@@ -7,7 +7,6 @@ Errors name the file, the key and what is allowed.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import sys
@@ -15,14 +14,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .events import ON_STALL, NotifyRule, parse_duration, parse_rule
+from .lazylog import get_logger
 from .lifecycle import RetryPolicy
 from .models import Resources
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the notification rules' code is imported when a config has some
+    from .events import NotifyRule
+
+log = get_logger(__name__)
 
 APP = "hpcbridge"
 BACKENDS = ("local", "slurm")
@@ -68,6 +70,8 @@ def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """One ``[clusters.NAME]`` table: where and how tasks of that cluster run."""
+
     name: str
     backend: str = "local"
     transport: str = "local"
@@ -134,6 +138,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The configuration in effect: the clusters, the default one, the notification rules."""
+
     clusters: Mapping[str, ClusterConfig]
     default_cluster: str
     path: Path | None = None  # the file it came from, None = built-in
@@ -265,6 +271,10 @@ def _parse_notify(tables: Any, where: str, file: Path | None) -> tuple[tuple[Not
     separate file (``urls_file``, one URL a line), which should be readable by its owner only."""
     if not isinstance(tables, list):
         raise ConfigError(f"{where}: 'notify' must be an array of [[notify]] tables")
+    if not tables:
+        return (), ()
+    from .events import parse_rule
+
     rules, warnings, names = [], [], set()
     for i, table in enumerate(tables):
         from_file: list[str] = []
@@ -362,9 +372,11 @@ def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
             raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
     if kwargs.get("price_per_core_hour", 0) < 0:
         raise ConfigError(f"{prefix}: price_per_core_hour must be >= 0, got {kwargs['price_per_core_hour']}")
+    if "stall_after" in kwargs or "on_stall" in kwargs:
+        from .events import ON_STALL, parse_duration
     if "stall_after" in kwargs:
         kwargs["stall_after"] = parse_duration(kwargs["stall_after"], f"{prefix}: stall_after")
-    if kwargs.get("on_stall", "notify") not in ON_STALL:
+    if "on_stall" in kwargs and kwargs["on_stall"] not in ON_STALL:
         raise ConfigError(f"{prefix}: on_stall = {kwargs['on_stall']!r}", hint=f"allowed: {', '.join(ON_STALL)}")
     if not 0 < kwargs.get("walltime_warn_fraction", 0.1) < 1:
         raise ConfigError(f"{prefix}: walltime_warn_fraction must be between 0 and 1")

@@ -18,15 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .lifecycle import TaskState
+from .event_names import EVENT_NAMES, NOTICE_KINDS, OUTBOX_STATES  # noqa: F401 - their home was here
 
-# Events that are not state changes, recorded by the sync cycle's watch.
-NOTICE_KINDS = ("stalled", "walltime_near", "file_appeared", "file_matched")
-# What a rule may name in ``on``: every state a task can move to, and the notices.
-EVENT_NAMES = frozenset({s.value for s in TaskState} | set(NOTICE_KINDS))
-# States whose transitions go into the outbox (what a task moving through its submission
-# passes on the way is left out: nobody is told "submitting").
-OUTBOX_STATES = frozenset(EVENT_NAMES - {"created", "staging", "submitting"})
 # What a task's ``--notify URL`` rule listens to.
 DEFAULT_ON = ("failed", "lost", "out_of_memory", "timed_out", "succeeded", "preempted",
               "stalled", "walltime_near", "file_appeared", "file_matched")  # fmt: skip

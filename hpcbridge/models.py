@@ -6,10 +6,30 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .lifecycle import RetryPolicy, TaskState
+
+# What backends and transports report (a job's state, a command's result, a file listed)
+# lives in ``records`` and is importable from here as before: bound on first use (PEP 562),
+# so a command that only reads the registry never builds those classes.
+if TYPE_CHECKING:
+    from .records import CommandResult as CommandResult
+    from .records import FileInfo as FileInfo
+    from .records import JobInfo as JobInfo
+
+_RECORDS = ("CommandResult", "FileInfo", "JobInfo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RECORDS:
+        from . import records
+
+        value = getattr(records, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -275,6 +295,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Event:
+    """One entry of a task's history: a state change, a submission, a metadata edit or a note."""
+
     id: int
     task_id: str
     at: float
@@ -284,58 +306,3 @@ class Event:
     to_state: str | None
     attempt: int | None
     detail: str
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """What a backend learnt about one attempt's job from the scheduler (or markers)."""
-
-    job_id: str
-    raw_state: str  # exactly as the scheduler printed it, e.g. "CANCELLED by 1000"
-    state: TaskState | None  # mapped lifecycle state; None = unknown code, change nothing
-    source: str  # "squeue", "sacct", "scontrol", "marker", "process"
-    reason: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    nodes: str | None = None
-    partition: str | None = None
-    restarts: int = 0
-    submit_time: float | None = None
-    start_time: float | None = None
-    end_time: float | None = None
-    name: str | None = None
-    comment: str | None = None
-    # Causes of earlier instances of this job id (sacct -D rows), oldest first, e.g.
-    # ("NODE_FAIL", "PREEMPTED"): how Slurm-side requeues are explained.
-    requeue_causes: tuple[str, ...] = ()
-    # The same causes mapped to lifecycle states where the scheduler's output is parsed
-    # (NODE_FAIL -> node_failed, PREEMPTED -> preempted; None for a cause that is no
-    # interruption, such as an admin's REQUEUED), so the sync cycle needs no Slurm words.
-    requeue_states: tuple[TaskState | None, ...] = ()
-    # ``nodes`` expanded from the scheduler's hostlist ("c[01-02]" -> ("c01", "c02")).
-    node_names: tuple[str, ...] = ()
-    # The scheduler still holds this job although the attempt is over (e.g. requeued held
-    # after a launch failure): it must be cancelled before a new attempt, or it would run
-    # as a second copy once released.
-    job_alive: bool = False
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    argv: tuple[str, ...]
-    exit_status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    """One regular file under a task's work dir, as a backend listed it (one round trip)."""
-
-    path: str  # relative to the work dir, POSIX separators
-    size: int  # bytes
-    mtime: float  # last modification, seconds since the epoch (the cluster's clock)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import listing
 from .errors import HpcBridgeError, UsageError
 from .lifecycle import TaskState
 from .models import Task
@@ -156,27 +157,20 @@ def _cost(svc: Service, hours_by_cluster: Mapping[str, float]) -> tuple[dict[str
     return cost, unpriced
 
 
-def _check_filter(metadata: Mapping[str, str | None] | None) -> None:
-    if metadata is not None and (not isinstance(metadata, Mapping) or not all(
-            isinstance(k, str) and k and (v is None or isinstance(v, str)) for k, v in metadata.items())):  # fmt: skip
-        raise UsageError(f"a metadata filter maps keys to str (or None: has the key), got {metadata!r}")
-
-
 def find_tasks(svc: Service, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
                limit: int | None = None, project: str | None = None,
                metadata: Mapping[str, str | None] | None = None) -> list[Task]:  # fmt: skip
     """Tasks, newest first, filtered by state(s), cluster, project and metadata (a key to its
     exact value, or to None for "has the key"; every pair must hold; indexed look-ups)."""
-    _check_filter(metadata)
-    return svc.registry.list_tasks(states=states, cluster=cluster, limit=limit, project=project,
-                                   metadata=metadata)  # fmt: skip
+    return listing.find_tasks(svc.registry, states=states, cluster=cluster, limit=limit, project=project,
+                              metadata=metadata)  # fmt: skip
 
 
 def find_task_ids(svc: Service, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
                   limit: int | None = None, project: str | None = None,
                   metadata: Mapping[str, str | None] | None = None, newest_first: bool = True) -> list[str]:  # fmt: skip
     """The ids ``find_tasks`` would return (no records built)."""
-    _check_filter(metadata)
+    listing.check_filter(metadata)
     return svc.registry.task_ids(states=states, cluster=cluster, limit=limit, project=project,
                                  metadata=metadata, newest_first=newest_first)  # fmt: skip
 

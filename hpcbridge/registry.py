@@ -9,7 +9,6 @@ sqlite-utils builds tables and indexes; hot paths use plain SQL on the same conn
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -22,7 +21,8 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 from .errors import AmbiguousTaskId, ConflictError, RegistryBusy, RegistryError, TaskNotFound
-from .events import OUTBOX_STATES
+from .event_names import OUTBOX_STATES
+from .lazylog import get_logger
 from .lifecycle import TaskState, check_transition
 from .models import Attempt, Event, Task
 from .registry_batch import BatchWrites, chunks
@@ -49,7 +49,7 @@ from .schema import (
     row_to_task,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ConflictError, TaskNotFound
-from .events import OUTBOX_STATES
+from .event_names import OUTBOX_STATES
 from .lifecycle import TaskState, check_transition
 from .models import Attempt
 from .registry_queries import marks

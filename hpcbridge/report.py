@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .events import mask_url
 from .models import Attempt, Event, Task
 
 # Diagnostics and Slurm's usage figures are imported where a report needs them: the task
@@ -93,6 +92,8 @@ def event_dict(e: Event) -> dict[str, Any]:
 def _masked_spec(task: Task) -> dict[str, Any]:
     spec = task.spec.to_dict()
     if spec.get("notify"):  # notification URLs carry tokens: never shown in full
+        from .events import mask_url
+
         spec["notify"] = [mask_url(u) for u in spec["notify"]]
     return spec
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 import threading
@@ -21,18 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ClusterConfig, Config, load_config, resolve_db_path
 from .errors import ConflictError, HpcBridgeError, TransportError
+from .lazylog import get_logger
 from .lifecycle import TaskState
 from .models import Attempt, Task
 from .registry import Registry
-from .slurm.limits import ClusterLimits
 
 # How long limits read from a cluster (sacctmgr, scontrol show config) are trusted.
 LIMITS_TTL_SECONDS = 3600.0
 
-if TYPE_CHECKING:  # backends are opened (and their module imported) on first use
+if TYPE_CHECKING:  # backends are opened (and their module imported) on first use, and the
+    # slurm package (most of the import time of a command that only reads) with them
     from .backends.base import Backend, PollRequest
+    from .slurm.limits import ClusterLimits
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The budget never sleeps longer than this at once; the caller asks again.
 MAX_BUDGET_SLEEP = 60.0
@@ -92,6 +93,8 @@ class Runtime:
         """The cluster's limits (MaxArraySize, the user's MaxSubmitJobs), from the backend,
         kept in ``<data dir>/limits/`` for LIMITS_TTL_SECONDS so that not every submitting
         process asks sacctmgr again. None when the backend has none or they cannot be read."""
+        from .slurm.limits import ClusterLimits
+
         backend = self.backend(cluster)
         read = getattr(backend, "cluster_limits", None)
         if read is None:

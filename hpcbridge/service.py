@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import listing
 from .config import ClusterConfig, Config
 from .deps import format_after, parse_after
 from .errors import HpcBridgeError, TaskNotFound, TransportError, UsageError, WaitTimeout
@@ -186,8 +187,7 @@ class Service:
 
     def usage_of(self, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         """The recorded usage of each task's current attempt (one query), by task id."""
-        return {tid: att.usage for tid, att in self.registry.current_attempts(list(task_ids)).items()
-                if att.usage}  # fmt: skip
+        return listing.usage_of(self.registry, task_ids)
 
     def queue_of(self, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
         """Why each task's current attempt waits, as the last sync saw it, by task id."""

@@ -16,8 +16,10 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "hpcbridge"
 
 LAYERS: list[tuple[str, ...]] = [
+    ("lazylog",),
     ("errors",),
     ("lifecycle",),
+    ("event_names", "records"),
     ("models", "paths", "leases", "sweep", "deps", "events", "transfers"),
     ("config", "schema", "slurm"),
     ("diagnostics",),
@@ -31,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry_queries",),
     ("registry_batch",),
     ("registry",),
+    ("listing",),
     ("outbox",),
     ("options",),
     ("runtime",),
@@ -46,7 +49,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tui",),
     ("cli_common",),
     ("cli_complete",),
-    ("cli_tasks", "cli_projects", "cli_submit", "cli_report", "cli_events", "cli_top"),
+    ("cli_tasks", "cli_projects", "cli_submit", "cli_report", "cli_events", "cli_top", "cli_task_actions"),
     ("cli_clusters",),
     ("cli", "__init__"),
     ("__main__",),

@@ -12,10 +12,17 @@ from pathlib import Path
 import pytest
 
 # Drawing, notification, plotting and SSH libraries, the registry's migration library and
-# what it drags in, and hpcbridge's own sync/submission machinery.
+# what it drags in, and hpcbridge's own sync/submission machinery. Then what a listing
+# reads without (it opens config + registry through Runtime, cli_common.runtime): the
+# service and the use cases over it, the slurm package, the notification rules' code, the
+# backends' records, the other task subcommands, logging (lazylog: imported when something
+# logs), click's completion machinery and shutil.
 FORBIDDEN = ("textual", "apprise", "rich", "matplotlib", "paramiko", "numpy", "sqlite_utils",
              "psutil", "hpcbridge.cycle", "hpcbridge.submission", "hpcbridge.options",
-             "hpcbridge.transport", "hpcbridge.backends.slurm", "hpcbridge.api")  # fmt: skip
+             "hpcbridge.transport", "hpcbridge.backends.slurm", "hpcbridge.api",
+             "hpcbridge.service", "hpcbridge.projects", "hpcbridge.slurm", "hpcbridge.backends",
+             "hpcbridge.events", "hpcbridge.records", "hpcbridge.cli_task_actions", "logging",
+             "click.shell_completion", "shutil")  # fmt: skip
 
 PROBE = """
 import json, sys

@@ -107,7 +107,7 @@ def test_wait_on_several_tasks_off_a_terminal_prints_one_line_per_change(env):
 
 
 def test_wait_on_several_tasks_on_a_terminal_draws_a_bar(env, monkeypatch):
-    import hpcbridge.cli_tasks as ct
+    import hpcbridge.cli_task_actions as ct  # where `tasks wait` lives
 
     a, b = submit("--", "true"), submit("--", "true")
     monkeypatch.setattr(ct, "is_terminal", lambda err=False: True)

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import hpcbridge.cli_common as cli_module  # where the CLI opens its Service
 from hpcbridge.backends.local import LocalBackend
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.backends.slurm_files import FIND_FORMAT, READ_SCRIPT, find_argv, parse_find_listing
@@ -465,12 +464,11 @@ def test_follow_refuses_outside_paths_at_once(svc: Service) -> None:
 
 @pytest.fixture
 def run(tmp_path: Path, fake: FakeBackend, monkeypatch: pytest.MonkeyPatch):
-    class Opener:
-        @staticmethod
-        def open(*_a: Any, **_k: Any) -> Service:
-            return make_service(tmp_path, fake)
+    def opener(*_a: Any, **_k: Any) -> Service:
+        return make_service(tmp_path, fake)
 
-    monkeypatch.setattr(cli_module, "Service", Opener)
+    # The CLI opens its service with Service.open (cli_common.service, imported when used).
+    monkeypatch.setattr(Service, "open", staticmethod(opener))
 
     def invoke(*args: str) -> Any:
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)
