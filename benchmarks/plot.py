@@ -39,7 +39,7 @@ def main() -> None:
     if not submit_files:
         raise SystemExit("no results/submit-*.json: run bench_submit.py first")
 
-    fig, axes = plt.subplots(1, 2 if sync_file else 1, figsize=(13 if sync_file else 7.5, 5.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if sync_file else 1, figsize=(13 if sync_file else 7.5, 7.0), squeeze=False)
     ax = axes[0][0]
     merged: dict[tuple[str, int], dict[str, Any]] = {}
     data: dict[str, Any] = {}
@@ -47,25 +47,27 @@ def main() -> None:
         data = json.loads(Path(f).read_text())
         for r in data["results"]:
             if r["per_job_ms"] == r["per_job_ms"]:  # not nan
-                merged[(r["contender"], r["n"])] = r
-    series: dict[str, list[tuple[int, float]]] = {}
-    labels: dict[str, str] = {}
-    for (name, n), r in merged.items():
-        series.setdefault(name, []).append((n, r["per_job_ms"]))
-        labels[name] = r["label"]
-    for name, pts in series.items():
+                # By label too: a contender whose meaning changed (hpcbridge before job
+                # arrays, one job per task) is a series of its own, not a line through both.
+                merged[(r["contender"], r["label"], r["n"])] = r
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for (name, label, n), r in merged.items():
+        series.setdefault((name, label), []).append((n, r["per_job_ms"]))
+    for (name, label), pts in series.items():
         pts.sort()
         xs, ys = zip(*pts, strict=True)
         style = {"raw": dict(color="black", lw=2.5, marker="s"),
-                 "hpcbridge": dict(color="tab:green", lw=2.5, marker="o")}.get(name, dict(marker="^", ls="--"))  # fmt: skip
-        ax.plot(xs, ys, label=labels[name], **style)
+                 "hpcbridge": dict(color="tab:green", lw=2.5, marker="o"),
+                 "hpcbridge-warm": dict(color="darkgreen", lw=2.5, marker="D")}.get(
+                     name, dict(marker="^", ls="--"))  # fmt: skip
+        ax.plot(xs, ys, label=label, **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("jobs submitted in one go (N)")
     ax.set_ylabel("wall time per job (ms, median)")
     ax.set_title(f"Submit cost per job vs N ({data['machine']['slurm']}, {data['machine']['date'][:10]})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
     if sync_file:
         ax2 = axes[0][1]
