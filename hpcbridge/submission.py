@@ -254,7 +254,14 @@ def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mappi
                                                       exclude_nodes=task.excluded_nodes)))  # fmt: skip
     if not drafts:
         return []
-    refs = backend.plan([r for _, _, r in drafts])
+    try:
+        refs = backend.plan([r for _, _, r in drafts])
+    except TransportError:  # the cluster went away since staging: hand the tasks back
+        for state, _, r in drafts:
+            if state == S.STAGING:
+                rt.try_transition(r.task.id, S.STAGING, S.CREATED, "submission interrupted: cluster unreachable",
+                                  fields={"next_attempt_at": time.time()})  # fmt: skip
+        raise
     requests = [replace(r, backend_ref=refs[r.token]) if r.token in refs else r for _, _, r in drafts]
     now = time.time()
     changes = [Change(r.task.id, current, S.SUBMITTING, f"attempt {r.attempt}: submitting (token {r.token})",

@@ -232,6 +232,22 @@ def _crash_before_sbatch(requests: Any) -> Any:
     raise Crash
 
 
+def crash_after_sbatch(svc: Service) -> list[str]:
+    """Make the lab backend's submit run for real, then die before its outcome is recorded
+    (the outcome is lost with the process); the job ids sbatch made land in the list."""
+    backend = svc.backend("lab")
+    real_submit = backend.submit
+    job_ids: list[str] = []
+
+    def submit_then_crash(requests: Any) -> Any:
+        outcomes = real_submit(requests)
+        job_ids.extend(o.job_id for o in outcomes if o.job_id)
+        raise Crash
+
+    backend.submit = submit_then_crash  # type: ignore[method-assign]
+    return job_ids
+
+
 @pytest.mark.parametrize("command, where", [
     (["true"], "sacct"),  # the job is over before the sync: found by name in sacct
     (["sleep", "6"], "squeue"),  # still queued/running: found by comment in squeue
@@ -242,16 +258,7 @@ def test_sbatch_ran_but_job_id_never_recorded(
     """Window 2: sbatch ran, the process died before it recorded the job id."""
     since = time.time() - 5
     svc = Service.open(fast_config, db, source="doomed")
-    backend = svc.backend("lab")
-    real_submit = backend.submit
-    job_ids: list[str] = []
-
-    def submit_then_crash(requests: Any) -> Any:
-        outcomes = real_submit(requests)
-        job_ids.extend(o.job_id for o in outcomes if o.job_id)
-        raise Crash  # the outcome is lost with the process
-
-    backend.submit = submit_then_crash  # type: ignore[method-assign]
+    job_ids = crash_after_sbatch(svc)
     with pytest.raises(Crash):
         svc.submit(command=command, cluster="lab")
     svc.close()
@@ -301,16 +308,7 @@ def test_an_array_whose_sbatch_reply_was_lost_is_adopted_element_by_element(
     element. Nothing was written per element on the cluster; the attempts carry their
     (array token, index) from the write-ahead, and the sync finds each element by it."""
     svc = Service.open(fast_config, db, source="doomed")
-    backend = svc.backend("lab")
-    real_submit = backend.submit
-    job_ids: list[str] = []
-
-    def submit_then_crash(requests: Any) -> Any:
-        outcomes = real_submit(requests)
-        job_ids.extend(o.job_id for o in outcomes if o.job_id)
-        raise Crash
-
-    backend.submit = submit_then_crash  # type: ignore[method-assign]
+    job_ids = crash_after_sbatch(svc)
     with pytest.raises(Crash):
         svc.submit_many([{"command": command, "cluster": "lab", "name": f"el{i}"} for i in range(3)])
     svc.close()

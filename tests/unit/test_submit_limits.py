@@ -39,3 +39,27 @@ def test_tasks_over_max_submit_jobs_wait_and_go_out_as_jobs_end(tmp_path: Path) 
     assert [svc.get(t.id).state for t in tasks] == [S.SUCCEEDED] * 5
     assert len(fake.submitted) == 5  # never more than one job per task
     svc.close()
+
+
+def test_a_cluster_lost_while_planning_hands_the_tasks_back_with_nothing_written_ahead(tmp_path: Path) -> None:
+    from hpcbridge.errors import TransportError
+
+    fake = FakeBackend()
+
+    def lost(requests: object) -> dict[str, object]:
+        raise TransportError("connection reset while reading the cluster's limits")
+
+    fake.plan = lost  # type: ignore[method-assign, assignment]
+    svc = make_service(tmp_path, fake)
+    try:
+        svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(3)])
+    except TransportError:
+        pass  # transient: reported as events, the tasks stay registered
+    tasks = svc.list_tasks()
+    assert [t.state for t in tasks] == [S.CREATED] * 3 and all(t.next_attempt_at for t in tasks)
+    assert all(not svc.attempts(t.id) for t in tasks)  # no attempt was written ahead
+    assert fake.submitted == []
+    fake.plan = lambda requests: {}  # type: ignore[method-assign, assignment]
+    svc.sync_cluster("lab")  # the sync submits them, once each
+    assert sorted(r.task.spec.name for r in fake.submitted) == ["t0", "t1", "t2"]
+    svc.close()
