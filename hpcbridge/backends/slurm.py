@@ -417,6 +417,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         exit_code marker ends a job; otherwise it stays absent and becomes lost after the
         grace period."""
         marks = self._read_markers([r for r in requests if r.work_dir])
+        elements = _elements(merged)
         out: dict[str, JobInfo] = {}
         for req in requests:
             got = marks.get(req.token, {})
@@ -425,8 +426,8 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             planned = _planned_element(req)
             if job_id is None and planned and (array_job := got.get("array_job_id", "")).isdigit():
                 job_id = f"{array_job}_{planned[1]}"  # sbatch's reply was lost, its marker not
-            if job_id is None and (element := _array_element(got.get("array", ""), merged)):
-                job_id = element  # sbatch's reply and the job_id markers were lost
+            if job_id is None and (element := elements.get(_marked_element(got.get("array", "")))):
+                job_id = element.job_id  # no plan on the attempt (an older one): its element's marker
             if job_id is None:
                 if got.get("submitting") == "1":
                     # Its submission script still runs (inside a slow sbatch): not absent.
@@ -504,16 +505,10 @@ _LIMITS_SEP = "HPCB-LIMITS-PART"
 _JOB_ID = re.compile(r"\d+(_\d+)?")
 
 
-def _array_element(marker: str, rows: dict[str, JobInfo]) -> str | None:
-    """The job id of the element an ``array`` marker (``<array token> <index>``) names, among
-    the rows squeue and sacct printed: the element of the array with that comment token."""
+def _marked_element(marker: str) -> tuple[str, str] | None:
+    """(array token, index) from an element's ``array`` marker (``<array token> <index>``)."""
     token, _, index = marker.partition(" ")
-    if not token or not index.isdigit():
-        return None
-    for job_id, row in rows.items():
-        if job_id.endswith(f"_{index}") and slurm.token_from_comment(row.comment) == token:
-            return job_id
-    return None
+    return (token, index) if token and index.isdigit() else None
 
 
 def _planned_element(req: PollRequest) -> tuple[str, str] | None:
