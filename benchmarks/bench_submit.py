@@ -122,8 +122,7 @@ def run_hpcbridge(n: int, *, profile: str | None = None, arrays: bool = True, wa
     # deep-copies its _lock field; read the counters directly.)
     st = backend.transport.stats  # type: ignore[attr-defined]
     stats = {k: getattr(st, k) for k in ("round_trips", "connects", "sftp_ops")}
-    base = backend.base_dir()  # type: ignore[attr-defined]
-    array_dirs = sorted({f"{base}/.hpcbridge/arrays/{a.backend_ref['array']}"
+    array_dirs = sorted({backend.array_dir(a.backend_ref["array"])  # type: ignore[attr-defined]
                          for a in attempts.values() if a.backend_ref.get("array")})  # fmt: skip
     work_dirs = [svc.get(t.id).work_dir or "" for t in tasks] + array_dirs
     svc.close()

@@ -180,6 +180,10 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
                         self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip
         return found or slurm.DEFAULT_MAX_ARRAY_SIZE
 
+    def array_dir(self, token: str) -> str:
+        """Where the array with this token keeps its script, bundle, lock and own logs."""
+        return posixpath.join(self.base_dir(), ".hpcbridge", "arrays", token)
+
     def plan(self, requests: Sequence[SubmitRequest]) -> dict[str, Mapping[str, object]]:
         """Which requests go out as which array element (see ``Backend.plan``)."""
         rendered = []
@@ -206,9 +210,8 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         planned: dict[str, list[tuple[int, int]]] = {}  # array token -> [(position, index)]
         keys: list[tuple[object, ...] | None] = []
         for pos, (req, text) in enumerate(rendered):
-            ref = req.backend_ref
-            if isinstance(ref.get("array"), str) and isinstance(ref.get("index"), int):
-                planned.setdefault(str(ref["array"]), []).append((pos, int(ref["index"])))
+            if (element := _planned_element(req.backend_ref)) is not None:
+                planned.setdefault(element[0], []).append((pos, element[1]))
                 keys.append(None)
                 continue
             spec = req.task.spec
@@ -228,7 +231,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         for token, members in groups:
             first = rendered[members[0][0]]
             job = slurm.ArrayJob(
-                token=token, dir=posixpath.join(self.base_dir(), ".hpcbridge", "arrays", token),
+                token=token, dir=self.array_dir(token),
                 header=slurm.array_key(first[1]),
                 members=tuple(slurm.ArrayMember(rendered[p][0].token, self.work_dir(rendered[p][0].task),
                                                 rendered[p][0].attempt, rendered[p][1], index=i)
@@ -348,7 +351,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             if req.job_id:
                 return live.get(req.job_id)
             return (by_token.get(req.token) or by_name.get(slurm.job_name(req.task_id, req.attempt))
-                    or by_element.get(_planned_element(req)))  # fmt: skip
+                    or by_element.get(_element_key(req)))  # fmt: skip
 
         def squeue_unknown(req: PollRequest) -> slurm.BadRow | None:
             # squeue is the live truth: a job it printed unreadably (or, with a row naming no
@@ -373,7 +376,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             # -j and --name combine as AND in sacct, so unknown outcomes get their own query.
             names = [slurm.job_name(r.task_id, r.attempt) for r in unknown]
             # A planned array element is named after its array (array.py).
-            names += sorted({slurm.array_name(e[0]) for r in unknown if (e := _planned_element(r))})
+            names += sorted({slurm.array_name(e[0]) for r in unknown if (e := _planned_element(r.backend_ref))})
             argv = slurm.sacct_argv(names=names, since=time.time() - UNKNOWN_LOOKBACK_SECONDS,
                                     tz=tz, bin_dir=self._bin())  # fmt: skip
             acct.update(slurm.parse_sacct(self._run_query(argv, "sacct"), tz=tz,
@@ -397,7 +400,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             else:
                 info = (in_squeue(req) or acct_by_token.get(req.token)
                         or acct_by_name.get(slurm.job_name(req.task_id, req.attempt))
-                        or acct_by_element.get(_planned_element(req)))  # fmt: skip
+                        or acct_by_element.get(_element_key(req)))  # fmt: skip
                 info = merged.get(info.job_id, info) if info is not None else None
             if info is None and (bad := sa_unreadable.find(req.job_id, req.token)
                                  or (sa_unreadable.blind if req in asked else None)):  # fmt: skip
@@ -423,7 +426,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
             got = marks.get(req.token, {})
             marked = got.get("job_id", "")
             job_id = req.job_id or (marked if _JOB_ID.fullmatch(marked) else None)
-            planned = _planned_element(req)
+            planned = _planned_element(req.backend_ref)
             if job_id is None and planned and (array_job := got.get("array_job_id", "")).isdigit():
                 job_id = f"{array_job}_{planned[1]}"  # sbatch's reply was lost, its marker not
             if job_id is None and (element := elements.get(_marked_element(got.get("array", "")))):
@@ -446,8 +449,7 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         if not requests:
             return {}
         dirs = {r.token: slurm.marker_dir(r.work_dir or "", r.attempt) for r in requests}
-        arrays = {r.token: posixpath.join(self.base_dir(), ".hpcbridge", "arrays", e[0])
-                  for r in requests if (e := _planned_element(r))}  # fmt: skip
+        arrays = {r.token: self.array_dir(e[0]) for r in requests if (e := _planned_element(r.backend_ref))}
         res = self.transport.run_script(slurm.render_marker_probe(dirs, arrays), what="reading job markers")
         return slurm.parse_marker_report(res.stdout)
 
@@ -511,12 +513,19 @@ def _marked_element(marker: str) -> tuple[str, str] | None:
     return (token, index) if token and index.isdigit() else None
 
 
-def _planned_element(req: PollRequest) -> tuple[str, str] | None:
-    """(array token, index) of an attempt planned as an array element (``plan``)."""
-    token, index = req.backend_ref.get("array"), req.backend_ref.get("index")
+def _planned_element(ref: Mapping[str, object]) -> tuple[str, int] | None:
+    """(array token, index) of an attempt planned as an array element (its ``backend_ref``
+    from ``plan``)."""
+    token, index = ref.get("array"), ref.get("index")
     if isinstance(token, str) and isinstance(index, int) and not isinstance(index, bool):
-        return token, str(index)
+        return token, index
     return None
+
+
+def _element_key(req: PollRequest) -> tuple[str, str] | None:
+    """The key of ``_elements`` under which a planned attempt's element is found."""
+    element = _planned_element(req.backend_ref)
+    return (element[0], str(element[1])) if element is not None else None
 
 
 def _elements(rows: Mapping[str, JobInfo]) -> dict[tuple[str, str] | None, JobInfo]:

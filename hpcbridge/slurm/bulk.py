@@ -44,9 +44,9 @@ _UNCERTAIN = re.compile(
 MARKER_FILES: tuple[str, ...] = ("exit_code", "started", "node", "job_id", "array")
 
 # While a submission script runs it holds an flock on a lock file of its own and names that
-# file in each job's `submitting` marker (an array's, once, in the array's dir). The probe reports `submitting 1` for a job whose
-# script still holds its lock (still inside sbatch, even after the local side gave up on the
-# exec): no grace period may run out on it. Without `flock` on the cluster the lock is never
+# file in each job's `submitting` marker (an array's, once, in the array's dir). The probe
+# reports `submitting 1` for a job whose script still holds its lock (still inside sbatch,
+# even after the local side gave up on the exec): no grace period may run out on it. Without `flock` on the cluster the lock is never
 # reported held, and the grace periods alone decide (as before).
 _HOLD_LOCK = ('__lock=$(mktemp "${TMPDIR:-/tmp}/hpcb-submit.XXXXXXXX") || exit 70; '
               'exec 9>"$__lock"; command -v flock >/dev/null 2>&1 && flock -n 9')
