@@ -272,6 +272,7 @@ def main() -> None:
             for name in names:
                 if runs[name] and "failed" in runs[name][-1]:
                     continue
+                C.wait_for_room(n, maxjobs)
                 load = C.queue_load()
                 prof = args.profile if (name == "hpcbridge" and n == max(ns) and r == 0) else None
                 try:

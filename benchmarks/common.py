@@ -129,6 +129,25 @@ def wait_drained(job_ids: Iterable[str], timeout: float = 300) -> float:
         time.sleep(0.5)
 
 
+def wait_for_room(n: int, max_jobs: int, timeout: float = 420) -> float:
+    """Wait until slurmctld holds few enough job records for ``n`` more; seconds waited.
+
+    A job that ended stays a record for MinJobAge (300 s on the lab; a cancelled array
+    element becomes a record of its own), and sbatch over MaxJobCount is not refused but
+    retried by sbatch itself for minutes ("Resource temporarily unavailable"): without
+    this wait, back-to-back runs of 1,000 jobs time the controller's purge instead."""
+    start = time.monotonic()
+    while True:
+        res = run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], check=False)
+        held = len(res.stdout.split())
+        if held + 2 * n <= max_jobs or time.monotonic() - start > timeout:
+            waited = time.monotonic() - start
+            if waited > 1:
+                print(f"  (waited {waited:.0f} s for slurmctld to purge ended jobs: {held} records)", flush=True)
+            return waited
+        time.sleep(2)
+
+
 def cleanup_jobs(job_ids: Sequence[str], settle: float = 1.0) -> None:
     cancel_jobs(job_ids)
     wait_drained(job_ids)

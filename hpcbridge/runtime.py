@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,9 @@ MAX_BUDGET_SLEEP = 60.0
 
 
 class Runtime:
-    """One registry + config, and the backends (one per cluster). Not shared by threads."""
+    """One registry + config, and the backends (one per cluster). Not shared by threads
+    (a limits read of its own aside, ``prefetch_limits``: it uses a backend, never the
+    registry)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class Runtime:
         self._injected = frozenset(self._backends)
         # Set by a daemon's signal handler: budget waits end early so shutdown is prompt.
         self.stop = threading.Event()
+        self._limit_reads: dict[str, _LimitsRead] = {}
 
     @classmethod
     def open(
@@ -72,9 +75,15 @@ class Runtime:
         return cls(config, Registry(resolve_db_path(db_path)), backends=backends, source=source)
 
     def close(self) -> None:
+        # A limits read still under way closes its backend when it ends: closing now would
+        # wait for it (a connect to a host that is down takes connect_timeout per attempt)
+        # after, say, a submission that failed validation while it ran.
+        reading = {name for name, read in self._limit_reads.items()
+                   if name not in self._injected and read.close_when_done(self._backends[name].close)}  # fmt: skip
+        self._limit_reads.clear()
         for name, backend in self._backends.items():
-            if name in self._injected:
-                continue  # the caller's to close
+            if name in self._injected or name in reading:
+                continue  # the caller's to close, or the read's
             try:
                 backend.close()
             except Exception:  # noqa: BLE001 - closing must not hide the real outcome
@@ -92,14 +101,44 @@ class Runtime:
     def cluster_limits(self, cluster: str) -> ClusterLimits | None:
         """The cluster's limits (MaxArraySize, the user's MaxSubmitJobs), from the backend,
         kept in ``<data dir>/limits/`` for LIMITS_TTL_SECONDS so that not every submitting
-        process asks sacctmgr again. None when the backend has none or they cannot be read."""
+        process asks sacctmgr again. None when the backend has none or they cannot be read.
+        Waits for a read ``prefetch_limits`` started."""
+        pending = self._limit_reads.pop(cluster, None)
+        if pending is not None:
+            return pending.result()
+        return self._read_limits(cluster)
+
+    def prefetch_limits(self, cluster: str | None) -> None:
+        """Start reading ``cluster``'s limits (None: the default cluster's) in a thread of
+        their own, unless they are kept on disk already: the read is two sacctmgr queries
+        (0.3-0.4 s, most of a first submission of 1,000 tasks), which then overlaps
+        validating, registering, claiming and rendering them. ``cluster_limits`` waits for
+        it. Never raises: the use reports what fails."""
+        try:
+            cluster = self.config.cluster(cluster).name
+            if cluster in self._limit_reads:
+                return
+            backend = self.backend(cluster)  # opened here: only this thread opens backends
+        except HpcBridgeError:
+            return
+        if getattr(backend, "cluster_limits", None) is None or self._kept_limits(cluster, backend) is not None:
+            return
+        self._limit_reads[cluster] = read = _LimitsRead(lambda: self._read_limits(cluster), cluster)
+        read.start()
+
+    def limits_pending(self, cluster: str) -> bool:
+        """A read ``prefetch_limits`` started is still under way."""
+        read = self._limit_reads.get(cluster)
+        return read is not None and read.is_alive()
+
+    def _limits_file(self, cluster: str) -> Path:
+        return self.data_dir / "limits" / (re.sub(r"[^A-Za-z0-9_.-]", "_", cluster) + ".json")
+
+    def _kept_limits(self, cluster: str, backend: Backend) -> ClusterLimits | None:
+        """The limits kept on disk, if fresh (also handed to the backend)."""
         from .slurm.limits import ClusterLimits
 
-        backend = self.backend(cluster)
-        read = getattr(backend, "cluster_limits", None)
-        if read is None:
-            return None
-        path = self.data_dir / "limits" / (re.sub(r"[^A-Za-z0-9_.-]", "_", cluster) + ".json")
+        path = self._limits_file(cluster)
         try:
             if time.time() - path.stat().st_mtime < LIMITS_TTL_SECONDS:
                 limits = ClusterLimits(**json.loads(path.read_text(encoding="utf-8")))
@@ -109,6 +148,17 @@ class Runtime:
                 return limits
         except (OSError, ValueError, TypeError):
             pass  # absent, stale or unreadable: read them again
+        return None
+
+    def _read_limits(self, cluster: str) -> ClusterLimits | None:
+        backend = self.backend(cluster)
+        read = getattr(backend, "cluster_limits", None)
+        if read is None:
+            return None
+        kept = self._kept_limits(cluster, backend)
+        if kept is not None:
+            return kept
+        path = self._limits_file(cluster)
         try:
             limits = read()
         except TransportError as exc:
@@ -184,3 +234,45 @@ class Runtime:
 
         return PollRequest(task_id=task.id, attempt=att.number, token=att.token, job_id=att.job_id,
                            work_dir=task.work_dir, backend_ref=att.backend_ref)  # fmt: skip
+
+
+class _LimitsRead(threading.Thread):
+    """A cluster's limits read in the background; ``result()`` waits, then returns them or
+    raises what the read raised."""
+
+    def __init__(self, read: Callable[[], ClusterLimits | None], cluster: str) -> None:
+        super().__init__(name=f"hpcbridge-limits-{cluster}", daemon=True)
+        self._read = read
+        self._value: ClusterLimits | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._done = False
+        self._close: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        try:
+            self._value = self._read()
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            self._error = exc
+        finally:
+            with self._lock:
+                self._done, close = True, self._close
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - nobody waits for this thread any more
+                    log.debug("closing after a limits read failed", exc_info=True)
+
+    def close_when_done(self, close: Callable[[], None]) -> bool:
+        """Have the read call ``close`` when it ends; False if it has ended (call it yourself)."""
+        with self._lock:
+            if self._done:
+                return False
+            self._close = close
+            return True
+
+    def result(self) -> ClusterLimits | None:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value

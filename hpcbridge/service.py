@@ -121,6 +121,9 @@ class Service:
     def submit_many(self, specs: Sequence[Mapping[str, Any] | SubmitOptions], *,
                     where: str = "task") -> list[Task]:  # fmt: skip
         """Validate every spec (all or nothing), register them, submit them batched."""
+        named = (s.get("cluster") if isinstance(s, Mapping) else getattr(s, "cluster", None) for s in specs)
+        for cluster in dict.fromkeys(c for c in named if c is None or isinstance(c, str)):
+            self.runtime.prefetch_limits(cluster)  # read while the specs are validated
         from .options import SubmitOptions
         from .submission import submit_many
 

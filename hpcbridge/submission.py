@@ -46,6 +46,8 @@ def submit_many(rt: Runtime, options: Sequence[SubmitOptions]) -> list[Task]:
     says why); a permanent transport error (host key, credentials) is raised after that, so
     the caller hears of it, and the tasks stay registered."""
     built = [build_spec(o, rt.cluster(o.cluster)) for o in options]
+    for cluster in dict.fromkeys(spec.cluster for spec, _ in built):
+        rt.prefetch_limits(cluster)  # read while the tasks are registered and rendered
     with Lease(rt.lease_dir) as lease:
         tasks = _register(rt, built, lease.id)
         by_cluster: dict[str, list[Task]] = {}
@@ -132,7 +134,14 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     Raises TransportError when the cluster cannot be reached before anything was submitted;
     staged-but-unsubmitted tasks are handed back (``created``, due at once) for the sync.
     """
-    tasks = _within_submit_limit(rt, cluster, tasks)
+    rt.prefetch_limits(cluster)
+    # While the cluster's limits are still being read, the MaxSubmitJobs gate waits until
+    # the requests are rendered (_write_ahead): most of the read overlaps the local work.
+    # Known limits (configured, or kept from an earlier read) gate here, before anything
+    # is claimed or staged, so tasks over the limit cost nothing each cycle.
+    late_gate = rt.cluster(cluster).max_submit_jobs is None and rt.limits_pending(cluster)
+    if not late_gate:
+        tasks = _within_submit_limit(rt, cluster, tasks)
     if not tasks:
         return
     backend = rt.backend(cluster)
@@ -165,7 +174,7 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     # Charge the scheduler budget before the write-ahead commit, so a budget wait never
     # happens between the commit and sbatch.
     rt.charge(cluster, 1)
-    requests = _write_ahead(rt, backend, tasks, staged, held)
+    requests = _write_ahead(rt, backend, tasks, staged, held, late_gate=late_gate)
     if not requests:
         return
     outcomes = backend.submit(requests)
@@ -185,27 +194,35 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
 HOLDS_JOB = (S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED)
 
 
-def _within_submit_limit(rt: Runtime, cluster: str, tasks: Sequence[Task]) -> list[Task]:
-    """As many of ``tasks`` as the cluster's ``max_submit_jobs`` (config, else the user's
-    MaxSubmitJobs read from sacctmgr) has room for; the others wait in hpcbridge (handed to
-    the sync, one event the first time) and go out as jobs end. sbatch would reject them
-    outright (QOSMaxSubmitJobPerUserLimit), failing the task. Only hpcbridge's own jobs on
-    the cluster are counted: jobs submitted by other means use slots it does not see."""
+def _submit_slots(rt: Runtime, cluster: str) -> tuple[int | None, int, str]:
+    """The cluster's ``max_submit_jobs`` (config, else the user's MaxSubmitJobs read from
+    sacctmgr; None: no limit), how many of hpcbridge's own jobs hold a slot, and what a
+    task that waits for one is told. sbatch would reject a job over the limit outright
+    (QOSMaxSubmitJobPerUserLimit), failing the task. Jobs submitted by other means use
+    slots hpcbridge does not see."""
     limit = rt.cluster(cluster).max_submit_jobs
     if limit is None:
         known = rt.cluster_limits(cluster)
         limit = known.max_submit_jobs if known is not None else None
     if limit is None:
+        return None, 0, ""
+    busy = len(rt.registry.task_ids(states=HOLDS_JOB, cluster=cluster))
+    return limit, busy, f"waiting for a submit slot: {busy} of the cluster's max_submit_jobs = {limit} in use"
+
+
+def _within_submit_limit(rt: Runtime, cluster: str, tasks: Sequence[Task]) -> list[Task]:
+    """As many of ``tasks`` as the cluster's submit slots have room for (``_submit_slots``);
+    the others wait in hpcbridge (handed to the sync, one event the first time) and go out
+    as jobs end."""
+    limit, busy, why = _submit_slots(rt, cluster)
+    if limit is None:
         return list(tasks)
-    busy = len(rt.registry.list_tasks(states=HOLDS_JOB, cluster=cluster))
     free = max(0, limit - busy)
     for t in tasks[free:]:
         if t.state == S.CREATED and t.next_attempt_at is None:
             with rt.registry.transaction():
                 rt.registry.update_task(t.id, {"next_attempt_at": time.time()})
-                rt.registry.add_event(
-                    t.id, "info", f"waiting for a submit slot: {busy} of the cluster's "
-                    f"max_submit_jobs = {limit} in use", source=rt.source)  # fmt: skip
+                rt.registry.add_event(t.id, "info", why, source=rt.source)
     return list(tasks[:free])
 
 
@@ -227,13 +244,16 @@ def _claim_for_staging(rt: Runtime, tasks: Sequence[Task], held: Mapping[str, An
 
 
 def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mapping[str, str],
-                 held: Mapping[str, Any]) -> list[SubmitRequest]:  # fmt: skip
+                 held: Mapping[str, Any], *, late_gate: bool = False) -> list[SubmitRequest]:  # fmt: skip
     """Commit a new attempt (``submitting``, its token and the backend's plan for it) for
     each task still ours, in one transaction; the requests to submit.
 
     The task's compare-and-set decides who submits an attempt: a loser writes nothing. The
     plan (``Backend.plan``: for Slurm, which array element each attempt becomes) is made
-    before, so it is on the attempt row before sbatch can create the job."""
+    before, so it is on the attempt row before sbatch can create the job. ``late_gate``:
+    the submit slots are counted after the plan (the limits were still being read); the
+    requests over them are left out (their array indexes become holes) and their tasks
+    handed back to wait."""
     drafts: list[tuple[TaskState, dict[str, Any], SubmitRequest]] = []
     for t in tasks:
         current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
@@ -262,6 +282,10 @@ def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mappi
                 rt.try_transition(r.task.id, S.STAGING, S.CREATED, "submission interrupted: cluster unreachable",
                                   fields={"next_attempt_at": time.time()})  # fmt: skip
         raise
+    if late_gate:
+        drafts = _within_slots_late(rt, drafts)
+        if not drafts:
+            return []
     requests = [replace(r, backend_ref=refs[r.token]) if r.token in refs else r for _, _, r in drafts]
     now = time.time()
     changes = [Change(r.task.id, current, S.SUBMITTING, f"attempt {r.attempt}: submitting (token {r.token})",
@@ -291,6 +315,21 @@ def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mappi
         if r.token not in kept:
             log.info("task %s: not submitted, changed meanwhile", r.task.id)
     return winners
+
+
+def _within_slots_late(rt: Runtime, drafts: list[tuple[TaskState, dict[str, Any], SubmitRequest]]
+                       ) -> list[tuple[TaskState, dict[str, Any], SubmitRequest]]:  # fmt: skip
+    """The drafts the submit slots have room for; a task over them that this process
+    claimed goes back to ``created`` (due at once: the sync submits it as slots free), one
+    that waited for a retry keeps waiting, as ``_within_submit_limit`` leaves them."""
+    limit, busy, why = _submit_slots(rt, drafts[0][2].task.cluster)
+    if limit is None:
+        return drafts
+    free = max(0, limit - busy)
+    for state, _, r in drafts[free:]:
+        if state == S.STAGING:
+            rt.try_transition(r.task.id, S.STAGING, S.CREATED, why, fields={"next_attempt_at": time.time()})
+    return drafts[:free]
 
 
 def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest],

@@ -12,6 +12,7 @@ import logging
 import posixpath
 import re
 import shlex
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +62,9 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         self._tz_read_at = 0.0  # time.monotonic() of the last read
         self._accounting = True
         self._limits: ClusterLimits | None = None
+        # Held while the limits are read: a runtime may read them in a thread of its own
+        # (Runtime.prefetch_limits) while this thread plans an array and needs them too.
+        self._limits_lock = threading.Lock()
         self.commands = 0  # scheduler commands issued (sbatch counted once per batch script)
 
     # -- paths --------------------------------------------------------------------------
@@ -137,33 +141,36 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         """The cluster's MaxArraySize, MaxJobCount and the user's tightest MaxSubmitJobs
         (associations and their QOS), read once per backend in one script: ``id -un``, then
         ``scontrol show config`` and the two ``sacctmgr`` queries side by side (sacctmgr asks
-        slurmdbd: 0.2-0.3 s each on the lab, one after the other most of the read). A part
-        that cannot be read is None (unknown, treated as unlimited)."""
-        if self._limits is None:
-            self.commands += 1
-            sep = shlex.quote(_LIMITS_SEP)
-            quiet = [shlex.join(slurm.scrub_env(a)) + " 2>/dev/null" for a in (
-                limits.scontrol_config_argv(bin_dir=self._bin()),
-                limits.assoc_argv("USER", bin_dir=self._bin()),
-                limits.qos_argv(bin_dir=self._bin()))]  # fmt: skip
-            # The user name is checked on the cluster too before sacctmgr sees it (a name
-            # with a ',' or '=' would be read as more conditions).
-            assoc = quiet[1].replace("user=USER", '"user=$u"')
-            script = "\n".join([
-                "u=$(id -un 2>/dev/null); case $u in ''|*[!A-Za-z0-9._-]*|-*) u= ;; esac",
-                '__o=$(mktemp -d) || exit 70; trap \'rm -rf "$__o"\' EXIT',
-                f'{quiet[0]} > "$__o/1" &',
-                f'if [ -n "$u" ]; then {assoc} > "$__o/2"; fi &',
-                f'if [ -n "$u" ]; then {quiet[2]} > "$__o/3"; fi &',
-                "wait",
-                f"printf '%s\\n' {sep} \"$u\"",
-                f'for f in 1 2 3; do printf \'%s\\n\' {sep}; cat "$__o/$f" 2>/dev/null; done',
-            ]) + "\n"  # fmt: skip
-            res = self.transport.run_script(script, what="reading the cluster's limits")
-            texts = (res.stdout.split(_LIMITS_SEP + "\n")[1:] + ["", "", "", ""])[:4]
-            user = texts[0].strip()
-            self._limits = limits.parse_limits(texts[1], texts[2] if user else "", texts[3] if user else "", user)
-            log.info("cluster %s: limits %s", self.cluster.name, self._limits)
+        slurmdbd: 0.2-0.3 s each on the lab, most of the read). A part that cannot be read is
+        None (unknown, treated as unlimited)."""
+        with self._limits_lock:
+            return self._limits if self._limits is not None else self._read_limits()
+
+    def _read_limits(self) -> ClusterLimits:  # under _limits_lock
+        self.commands += 1
+        sep = shlex.quote(_LIMITS_SEP)
+        quiet = [shlex.join(slurm.scrub_env(a)) + " 2>/dev/null" for a in (
+            limits.scontrol_config_argv(bin_dir=self._bin()),
+            limits.assoc_argv("USER", bin_dir=self._bin()),
+            limits.qos_argv(bin_dir=self._bin()))]  # fmt: skip
+        # The user name is checked on the cluster too before sacctmgr sees it (a name
+        # with a ',' or '=' would be read as more conditions).
+        assoc = quiet[1].replace("user=USER", '"user=$u"')
+        script = "\n".join([
+            "u=$(id -un 2>/dev/null); case $u in ''|*[!A-Za-z0-9._-]*|-*) u= ;; esac",
+            '__o=$(mktemp -d) || exit 70; trap \'rm -rf "$__o"\' EXIT',
+            f'{quiet[0]} > "$__o/1" &',
+            f'if [ -n "$u" ]; then {assoc} > "$__o/2"; fi &',
+            f'if [ -n "$u" ]; then {quiet[2]} > "$__o/3"; fi &',
+            "wait",
+            f"printf '%s\\n' {sep} \"$u\"",
+            f'for f in 1 2 3; do printf \'%s\\n\' {sep}; cat "$__o/$f" 2>/dev/null; done',
+        ]) + "\n"  # fmt: skip
+        res = self.transport.run_script(script, what="reading the cluster's limits")
+        texts = (res.stdout.split(_LIMITS_SEP + "\n")[1:] + ["", "", "", ""])[:4]
+        user = texts[0].strip()
+        self._limits = limits.parse_limits(texts[1], texts[2] if user else "", texts[3] if user else "", user)
+        log.info("cluster %s: limits %s", self.cluster.name, self._limits)
         return self._limits
 
     def remember_limits(self, limits: ClusterLimits) -> None:

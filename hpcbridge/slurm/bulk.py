@@ -137,7 +137,9 @@ def _array_lines(arr: ArrayJob, cmd: str) -> str:
     one report line per element. Nothing is written per element (array.py)."""
     toks = " ".join(shlex.quote(m.token) for m in arr.members)
     raw = arr.bundle()
-    packed = base64.encodebytes(gzip.compress(raw, compresslevel=6, mtime=0)).decode()
+    # Level 1: 10 ms for 3.7 MB against level 6's 25 ms, on the submission's critical path,
+    # for 27 KB on the wire instead of 12 KB (one round trip either way).
+    packed = base64.encodebytes(gzip.compress(raw, compresslevel=1, mtime=0)).decode()
     delim = "HPCB_BUNDLE_END"  # base64 lines never hold '_'
     return "\n".join([
         f"a={shlex.quote(arr.dir)}; T=({toks}); r=0; o=''",

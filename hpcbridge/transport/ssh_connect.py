@@ -255,10 +255,16 @@ class SSHConnection:
         self.client: paramiko.SSHClient | None = None
         self.jump_clients: list[paramiko.SSHClient] = []
         self.sftp: paramiko.SFTPClient | None = None
+        # How often connecting failed (every attempt spent), and the last such failure.
+        self.failures = 0
+        self.last_failure: TransportError | None = None
 
     def ensure(self) -> paramiko.Transport:
-        """The live paramiko Transport, (re)connecting with bounded retries if needed."""
+        """The live paramiko Transport, (re)connecting with bounded retries if needed. A
+        caller that waited for the lock while another thread spent its attempts gets that
+        failure: trying again at once would only double the wait for a host that is down."""
         s = self.settings
+        failures = self.failures
         with self.lock:
             if self.client is not None:
                 transport = self.client.get_transport()
@@ -267,12 +273,16 @@ class SSHConnection:
                 log.warning("%s: connection lost, reconnecting", s.description)
                 self.discard()
                 s.stats.add(reconnects=1)
+            if self.failures != failures and self.last_failure is not None:
+                raise self.last_failure
             delay = s.retry_backoff
             for attempt in range(1, s.connect_attempts + 1):
                 try:
                     return self._connect_once()
                 except TransportError as exc:
                     if not exc.transient or attempt == s.connect_attempts:
+                        self.failures += 1
+                        self.last_failure = exc
                         raise
                     log.info("%s: connect attempt %d failed (%s); retrying in %.2f s",
                              s.description, attempt, exc.message, delay)

@@ -4,6 +4,7 @@ slots free; they never fail for it (a Service on the FakeBackend)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.testing import FakeBackend
@@ -62,4 +63,46 @@ def test_a_cluster_lost_while_planning_hands_the_tasks_back_with_nothing_written
     fake.plan = lambda requests: {}  # type: ignore[method-assign, assignment]
     svc.sync_cluster("lab")  # the sync submits them, once each
     assert sorted(r.task.spec.name for r in fake.submitted) == ["t0", "t1", "t2"]
+    svc.close()
+
+
+def test_limits_still_being_read_gate_the_submission_after_rendering(tmp_path: Path) -> None:
+    """The first submission reads the cluster's limits in a thread of their own (two
+    sacctmgr queries): registering, claiming and planning go on meanwhile, and the tasks
+    over MaxSubmitJobs are handed back once the limit is known, exactly as when it was
+    known before; the next submission finds the limit kept and gates before claiming."""
+    import threading
+
+    from hpcbridge.slurm.limits import ClusterLimits
+
+    fake = FakeBackend()
+    planned = threading.Event()
+    reads: list[str] = []
+
+    def slow_limits() -> ClusterLimits:
+        reads.append(threading.current_thread().name)
+        assert planned.wait(10), "the submission waited for the limits before planning"
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=3)
+
+    real_plan = fake.plan
+
+    def plan(requests: Any) -> Any:
+        planned.set()
+        return real_plan(requests)
+
+    fake.cluster_limits = slow_limits  # type: ignore[attr-defined]
+    fake.plan = plan  # type: ignore[method-assign]
+    svc = make_service(tmp_path, fake)  # no max_submit_jobs configured: the cluster's counts
+    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(5)])
+    assert reads and reads[0].startswith("hpcbridge-limits-"), reads
+    assert [t.state for t in tasks] == [S.QUEUED] * 3 + [S.CREATED] * 2
+    assert len(fake.submitted) == 3
+    for t in tasks[3:]:
+        assert t.next_attempt_at is not None and not svc.attempts(t.id)
+        assert any("waiting for a submit slot: 0 of the cluster's max_submit_jobs = 3 in use" in (e.detail or "")
+                   for e in svc.events(t.id)), [e.detail for e in svc.events(t.id)]
+    planned.clear()
+    more = svc.submit_many([{"command": ["true"], "name": "t5"}])  # limits kept: gated first
+    assert len(reads) == 1 and not planned.is_set() and more[0].state == S.CREATED
+    assert len(fake.submitted) == 3
     svc.close()

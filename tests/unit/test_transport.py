@@ -693,3 +693,56 @@ def test_proxy_command_is_refused_with_the_alternative(tmp_path: Path) -> None:
     # With a ProxyJump for the same host the ProxyCommand is not needed: no error.
     with_jump = ClusterConfig(name="c", backend="slurm", transport="ssh", host="c", proxy_jump="b")
     assert resolve_target(with_jump, ssh_config_path=cfg).jumps[0].alias == "b"
+
+
+def test_a_caller_that_waited_for_a_failed_connect_gets_that_failure_without_dialing_again() -> None:
+    # A runtime reads a cluster's limits in a thread while the submission goes on: when the
+    # host is down, the second user of the connection must not spend the attempts again.
+    import threading
+
+    t = SSHTransport(ssh_cluster(port=_unused_port()), connect_attempts=2, retry_backoff=0.01)
+    conn = t._conn
+    dials: list[str] = []
+    release, b_waits = threading.Event(), threading.Event()
+
+    def dial() -> Any:
+        dials.append(threading.current_thread().name)
+        release.wait(10)
+        raise TransportError("connection refused")
+
+    class SpiedLock:
+        def __init__(self, lock: Any) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> Any:
+            if threading.current_thread().name == "B":
+                b_waits.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self.lock.__exit__(*exc)
+
+    conn._connect_once = dial  # type: ignore[method-assign]
+    conn.lock = SpiedLock(conn.lock)  # type: ignore[assignment]
+    raised: dict[str, BaseException] = {}
+
+    def use(name: str) -> None:
+        try:
+            t.connect()
+        except TransportError as exc:
+            raised[name] = exc
+
+    a = threading.Thread(target=use, args=("A",), name="A")
+    a.start()
+    deadline = time.monotonic() + 10
+    while not dials and time.monotonic() < deadline:
+        time.sleep(0.005)
+    b = threading.Thread(target=use, args=("B",), name="B")
+    b.start()
+    assert b_waits.wait(10)
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert dials == ["A", "A"]  # A's two attempts; B dialled nothing
+    assert raised["A"] is raised["B"]
+    t.close()
