@@ -78,25 +78,7 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
             item.update(cpu_efficiency=u.get("cpu_efficiency"), mem_efficiency=u.get("mem_efficiency"))
         click.echo(json.dumps(out, indent=2))
         return
-    if not rows:
-        click.echo("no tasks", err=True)
-        return
-
-    def pct(x: Any) -> str:
-        return "-" if x is None else f"{100 * x:.0f}%"
-
-    cols = f"{'CPU%':>5} {'MEM%':>5}  " if show_usage else ""
-    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}NAME")
-    for t in rows:
-        u = usage.get(t.id) or {}
-        cols = f"{pct(u.get('cpu_efficiency')):>5} {pct(u.get('mem_efficiency')):>5}  " if show_usage else ""
-        created = (iso(t.created_at) or "")[:19].replace("T", " ")
-        # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
-        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
-        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
-                   f"{duration(t.run_seconds):>8}  {cols}{t.name}")  # fmt: skip
-    if any((t.reason or "").startswith("warning:") for t in rows):
-        click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
+    _table(rows, usage if show_usage else None, [])
 
 
 def _read(ctx: click.Context, states: list[TaskState] | None, cluster: str | None, limit: int,
@@ -139,23 +121,29 @@ def _export(rows: Sequence[ListedTask], usage: Mapping[str, Mapping[str, Any]] |
         writer.writerows(records)
         click.echo(buf.getvalue(), nl=False)
         return
+    _table(rows, usage, metadata_keys(rows))  # as `projects show`: one column per metadata key
+
+
+def _table(rows: Sequence[ListedTask], usage: Mapping[str, Mapping[str, Any]] | None, keys: list[str]) -> None:
+    """The listing's table: its columns, CPU% and MEM% with ``usage``, then one column per
+    metadata key of ``keys``, and the name. Echoed at once (one write, not one per row)."""
     if not rows:
         click.echo("no tasks", err=True)
         return
-    # table: the default listing's columns, then one per metadata key (as `projects show`)
-    keys = metadata_keys(rows)
     widths = {k: max(len(k), *(len(t.metadata.get(k, "")) for t in rows)) for k in keys}
     extra = "".join(f"{k.upper():<{widths[k]}}  " for k in keys)
     cols = f"{'CPU%':>5} {'MEM%':>5}  " if usage is not None else ""
-    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}{extra}NAME")
+    lines = [f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}{extra}NAME"]
     for t in rows:
         u = (usage or {}).get(t.id) or {}
         cols = f"{_pct(u.get('cpu_efficiency')):>5} {_pct(u.get('mem_efficiency')):>5}  " if usage is not None else ""
         extra = "".join(f"{t.metadata.get(k, '-'):<{widths[k]}}  " for k in keys)
         created = (iso(t.created_at) or "")[:19].replace("T", " ")
+        # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
         state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
-        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
-                   f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+        lines.append(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+                     f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+    click.echo("\n".join(lines))
     if any((t.reason or "").startswith("warning:") for t in rows):
         click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
 
