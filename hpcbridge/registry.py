@@ -55,7 +55,6 @@ from .schema import (
 log = get_logger(__name__)
 
 
-
 class Registry(BatchWrites):
     """A connection to one registry file. Not shared between threads; cheap to open."""
 

@@ -34,7 +34,7 @@ def user_dir(kind: str) -> str:
     computed here as platformdirs does it (the XDG variable when it holds an absolute path,
     else ~/.config or ~/.local/share; a relative $HOME counts as unset), because importing
     platformdirs costs ~10% of a CLI command's start-up (it imports tempfile, shutil,
-    random, bz2, lzma); tests/unit/test_config.py checks both agree. Elsewhere platformdirs
+    random, bz2, lzma); tests/unit/test_config_paths.py checks both agree. Elsewhere platformdirs
     answers."""
     if sys.platform.startswith("linux"):
         var, fallback = ("XDG_CONFIG_HOME", ".config") if kind == "config" else ("XDG_DATA_HOME", ".local/share")

@@ -232,3 +232,13 @@ def test_a_listing_reads_no_config(db: Path, monkeypatch: pytest.MonkeyPatch, tm
     res = CliRunner().invoke(cli, ["--config", str(cfg), "--db", str(db), "tasks", "list", "--json"])
     assert res.exit_code == 0 and '"name": "a-ok"' in res.output
     assert CliRunner().invoke(cli, ["--config", str(cfg), "--db", str(db), "config"]).exit_code == 1
+
+
+def test_a_path_with_uri_characters_is_read_as_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader opens a `file:` URI: '?', '#' and '%' in the path must stay part of it.
+    odd = tmp_path / "a?b#c%41 d" / "r?x.db"
+    odd.parent.mkdir()
+    ids = _fill(odd)
+    res = _lean(odd, monkeypatch, "--json")
+    assert res.exit_code == 0 and res.output.count('"id"') == len(ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a?b#c%41 d"]  # nothing created beside it
