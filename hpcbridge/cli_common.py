@@ -14,12 +14,12 @@ import click
 
 from . import lazylog, transfers
 from .errors import HpcBridgeError, UsageError, WaitTimeout
-from .lifecycle import TaskState
-from .models import Task
 
 # The service (and the sync, submission and slurm machinery under it) is imported by the
-# commands that use it: `tasks list` reads the registry through `runtime(ctx)` alone.
+# commands that use it, and the model's classes with it: `tasks list` reads the registry
+# without them (listing.open_source).
 if TYPE_CHECKING:
+    from .models import Task
     from .runtime import Runtime
     from .service import Service
 
@@ -143,6 +143,8 @@ def parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
 
 def progress_printer(svc: Service) -> Any:
     """One stderr line per change of state (and, while a task waits, of Slurm's reason)."""
+    from .states import TaskState
+
     last: dict[str, str] = {}
 
     def show(tasks: list[Task]) -> None:

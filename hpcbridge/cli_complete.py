@@ -15,12 +15,27 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:  # imported when completing: every command declares these callbacks
+from .registry_file import db_file
+from .states import TaskState
+
+# Imported when completing (every command declares these callbacks, `tasks list` too, which
+# reads neither the config nor through the full registry module).
+if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
-from .config import load_config, resolve_db_path
-from .lifecycle import TaskState
-from .registry import peek_names
+
+def _load_config(path: str | None) -> Any:
+    """``config.load_config``, imported when a completion needs it."""
+    from .config import load_config as load
+
+    return load(path)
+
+
+def _peek_names(path: str, column: str, prefix: str = "", *, limit: int) -> list[tuple[str, ...]]:
+    """``registry.peek_names``, imported when a completion needs it."""
+    from .registry import peek_names as peek
+
+    return peek(path, column, prefix, limit=limit)
 
 MAX_ITEMS = 200  # more than a shell shows usefully; keeps the query cheap at 100k tasks
 
@@ -43,8 +58,8 @@ def _quiet(fn: Callable[[click.Context, str], list[CompletionItem]]) -> Callable
     return callback
 
 
-def _db(ctx: click.Context) -> Any:
-    return resolve_db_path(_root_param(ctx, "db"))
+def _db(ctx: click.Context) -> str:
+    return db_file(_root_param(ctx, "db"))
 
 
 @_quiet
@@ -54,7 +69,7 @@ def complete_task_ids(ctx: click.Context, incomplete: str) -> list[CompletionIte
     from click.shell_completion import CompletionItem
 
     items = [CompletionItem(tid, help=f"{state} {name}".strip())
-             for tid, state, name in peek_names(_db(ctx), "id", incomplete, limit=MAX_ITEMS)]  # fmt: skip
+             for tid, state, name in _peek_names(_db(ctx), "id", incomplete, limit=MAX_ITEMS)]  # fmt: skip
     if "last".startswith(incomplete) and incomplete:
         items.append(CompletionItem("last", help="the newest task"))
     return items
@@ -65,9 +80,9 @@ def complete_projects(ctx: click.Context, incomplete: str) -> list[CompletionIte
     """Project names in the registry (and the config's default project)."""
     from click.shell_completion import CompletionItem
 
-    names = [row[0] for row in peek_names(_db(ctx), "project", incomplete, limit=MAX_ITEMS)]
+    names = [row[0] for row in _peek_names(_db(ctx), "project", incomplete, limit=MAX_ITEMS)]
     try:
-        default = load_config(_root_param(ctx, "config")).default_project
+        default = _load_config(_root_param(ctx, "config")).default_project
     except Exception:  # noqa: BLE001 - the registry's names are still worth offering
         default = None
     if default and default.startswith(incomplete) and default not in names:
@@ -83,13 +98,13 @@ def complete_clusters(ctx: click.Context, incomplete: str) -> list[CompletionIte
 
     items: dict[str, str] = {}
     try:
-        cfg = load_config(_root_param(ctx, "config"))
+        cfg = _load_config(_root_param(ctx, "config"))
         for name, c in sorted(cfg.clusters.items()):
             if name.startswith(incomplete):
                 items[name] = f"{c.backend}/{c.transport}" + (" (default)" if name == cfg.default_cluster else "")
     except Exception:  # noqa: BLE001 - a broken config still leaves the registry's names
         pass
-    for (name,) in peek_names(_db(ctx), "cluster", incomplete, limit=MAX_ITEMS):
+    for (name,) in _peek_names(_db(ctx), "cluster", incomplete, limit=MAX_ITEMS):
         items.setdefault(name, "in the registry")
     return [CompletionItem(n, help=h) for n, h in items.items()]
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,10 +11,13 @@ from . import listing
 from .cli_common import Group, reads_registry_only, rerun_watched, runtime, watch_option
 from .cli_complete import complete_clusters, complete_projects
 from .errors import UsageError
-from .lifecycle import TaskState
-from .models import Task
+from .registry_file import db_file
 from .report import duration, iso, task_summary
 from .report_data import RECORD_COLUMNS, USAGE_COLUMNS, metadata_keys, task_records
+from .states import TaskState
+
+if TYPE_CHECKING:
+    from .task_rows import ListedTask
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -54,7 +56,6 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
         raise UsageError("give --json or --format, not both", hint="--format json: flat records with metadata columns")
     if rerun_watched(ctx, watch):
         return
-    registry = runtime(ctx).registry  # a listing reads the registry only: no service opened
     selected = [TaskState(s) for s in states] or None
     if active:
         selected = [s for s in (selected or TaskState) if not s.terminal]
@@ -64,44 +65,49 @@ def tasks_list(ctx: click.Context, states: tuple[str, ...], active: bool, cluste
         if not key:
             raise UsageError(f"--meta must look like KEY=VALUE or KEY, got {pair!r}")
         wanted[key] = value if sep else None
-    rows = listing.find_tasks(registry, states=selected, cluster=cluster, limit=limit, project=project,
-                              metadata=wanted or None)  # fmt: skip
-    usage = listing.usage_of(registry, [t.id for t in rows]) if show_usage else {}
+    rows, usage = _read(ctx, selected, cluster, limit, project, wanted or None, show_usage)
     if fmt:
         _export(rows, usage if show_usage else None, fmt)
         return
     if as_json:
+        import json
+
         out = [task_summary(t) for t in rows]
         for item in out if show_usage else ():
             u = usage.get(item["id"]) or {}
             item.update(cpu_efficiency=u.get("cpu_efficiency"), mem_efficiency=u.get("mem_efficiency"))
         click.echo(json.dumps(out, indent=2))
         return
-    if not rows:
-        click.echo("no tasks", err=True)
-        return
-
-    def pct(x: Any) -> str:
-        return "-" if x is None else f"{100 * x:.0f}%"
-
-    cols = f"{'CPU%':>5} {'MEM%':>5}  " if show_usage else ""
-    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}NAME")
-    for t in rows:
-        u = usage.get(t.id) or {}
-        cols = f"{pct(u.get('cpu_efficiency')):>5} {pct(u.get('mem_efficiency')):>5}  " if show_usage else ""
-        created = (iso(t.created_at) or "")[:19].replace("T", " ")
-        # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
-        state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
-        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
-                   f"{duration(t.run_seconds):>8}  {cols}{t.name}")  # fmt: skip
-    if any((t.reason or "").startswith("warning:") for t in rows):
-        click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
+    _table(rows, usage if show_usage else None, [])
 
 
-def _export(rows: list[Task], usage: Mapping[str, Mapping[str, Any]] | None, fmt: str) -> None:
+def _read(ctx: click.Context, states: list[TaskState] | None, cluster: str | None, limit: int,
+          project: str | None, metadata: dict[str, str | None] | None,
+          show_usage: bool) -> tuple[Sequence[ListedTask], dict[str, Mapping[str, Any]]]:  # fmt: skip
+    """The tasks of a listing and (``show_usage``) their current attempts' usage. A listing
+    reads the registry only, so neither the config nor the service is opened (``--config``
+    plays no part): the registry file is read through ``listing.open_source`` (read-only
+    rows when it has the current schema) and closed again, so a ``--watch`` round holds no
+    connection between rounds. Through the invocation's registry if one is open already."""
+    obj = ctx.find_root().obj or {}
+    opened = obj.get("service") is not None or obj.get("runtime") is not None
+    source = runtime(ctx).registry if opened else listing.open_source(db_file(obj.get("db")))
+    try:
+        rows = listing.find_listed(source, states=states, cluster=cluster, limit=limit, project=project,
+                                   metadata=metadata)  # fmt: skip
+        usage = listing.usage_of(source, [t.id for t in rows]) if show_usage else {}
+    finally:
+        if not opened:
+            source.close()
+    return rows, usage
+
+
+def _export(rows: Sequence[ListedTask], usage: Mapping[str, Mapping[str, Any]] | None, fmt: str) -> None:
     """``tasks list --format``: the listing's records (``report_data.task_records``)."""
     records = task_records(rows, usage)
     if fmt == "json":
+        import json
+
         click.echo(json.dumps(records, indent=2))
         return
     columns = list(records[0]) if records else [*RECORD_COLUMNS, *(USAGE_COLUMNS if usage is not None else ())]
@@ -115,23 +121,29 @@ def _export(rows: list[Task], usage: Mapping[str, Mapping[str, Any]] | None, fmt
         writer.writerows(records)
         click.echo(buf.getvalue(), nl=False)
         return
+    _table(rows, usage, metadata_keys(rows))  # as `projects show`: one column per metadata key
+
+
+def _table(rows: Sequence[ListedTask], usage: Mapping[str, Mapping[str, Any]] | None, keys: list[str]) -> None:
+    """The listing's table: its columns, CPU% and MEM% with ``usage``, then one column per
+    metadata key of ``keys``, and the name. Echoed at once (one write, not one per row)."""
     if not rows:
         click.echo("no tasks", err=True)
         return
-    # table: the default listing's columns, then one per metadata key (as `projects show`)
-    keys = metadata_keys(rows)
     widths = {k: max(len(k), *(len(t.metadata.get(k, "")) for t in rows)) for k in keys}
     extra = "".join(f"{k.upper():<{widths[k]}}  " for k in keys)
     cols = f"{'CPU%':>5} {'MEM%':>5}  " if usage is not None else ""
-    click.echo(f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}{extra}NAME")
+    lines = [f"{'ID':<14}{'STATE':<14}{'CLUSTER':<10}{'ATT':>4}  {'CREATED':<20}{'RUN':>8}  {cols}{extra}NAME"]
     for t in rows:
         u = (usage or {}).get(t.id) or {}
         cols = f"{_pct(u.get('cpu_efficiency')):>5} {_pct(u.get('mem_efficiency')):>5}  " if usage is not None else ""
         extra = "".join(f"{t.metadata.get(k, '-'):<{widths[k]}}  " for k in keys)
         created = (iso(t.created_at) or "")[:19].replace("T", " ")
+        # A "!" marks a task with a warning, e.g. a success whose outputs matched nothing.
         state = t.state.value + ("!" if (t.reason or "").startswith("warning:") else "")
-        click.echo(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
-                   f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+        lines.append(f"{t.id:<14}{state:<14}{t.cluster:<10}{t.attempt_count:>4}  {created:<20}"
+                     f"{duration(t.run_seconds):>8}  {cols}{extra}{t.name}")  # fmt: skip
+    click.echo("\n".join(lines))
     if any((t.reason or "").startswith("warning:") for t in rows):
         click.echo("! = finished with a warning (see `hpcbridge tasks info ID`)", err=True)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,37 +19,21 @@ from .errors import ConfigError
 from .lazylog import get_logger
 from .lifecycle import RetryPolicy
 from .models import Resources
+from .registry_file import db_file, default_db_file, user_dir
 
 if TYPE_CHECKING:  # the notification rules' code is imported when a config has some
     from .events import NotifyRule
 
 log = get_logger(__name__)
 
-APP = "hpcbridge"
 BACKENDS = ("local", "slurm")
 TRANSPORTS = ("local", "ssh")
 
 
+# Where the files are is decided in registry_file (no pathlib, no dataclasses there: `tasks
+# list` finds the registry without this module); these are the same answers as paths.
 def _user_dir(kind: str) -> Path:
-    """platformdirs' user config/data dir of hpcbridge. On Linux computed here as
-    platformdirs does it (the XDG variable when it holds an absolute path, else ~/.config or
-    ~/.local/share; a relative $HOME counts as unset), because importing platformdirs costs
-    ~10% of a CLI command's start-up (it imports tempfile, shutil, random, bz2, lzma);
-    tests/unit/test_config.py checks both agree. Elsewhere platformdirs answers."""
-    if sys.platform.startswith("linux"):
-        var, fallback = ("XDG_CONFIG_HOME", ".config") if kind == "config" else ("XDG_DATA_HOME", ".local/share")
-        base = os.environ.get(var, "")
-        if not os.path.isabs(base):
-            home = os.environ.get("HOME", "")
-            if not os.path.isabs(home):
-                import pwd
-
-                home = pwd.getpwuid(os.getuid()).pw_dir
-            base = os.path.join(home, fallback)
-        return Path(base) / APP
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP) if kind == "config" else platformdirs.user_data_dir(APP))
+    return Path(user_dir(kind))
 
 
 def default_config_path() -> Path:
@@ -58,14 +41,11 @@ def default_config_path() -> Path:
 
 
 def default_db_path() -> Path:
-    return _user_dir("data") / "registry.db"
+    return Path(default_db_file())
 
 
 def resolve_db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("HPCBRIDGE_DB")
-    return Path(env).expanduser() if env else default_db_path()
+    return Path(db_file(explicit))
 
 
 @dataclass(frozen=True)

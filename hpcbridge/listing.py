@@ -1,9 +1,11 @@
-"""The reads a listing makes, over a ``Registry`` alone: tasks filtered (states, cluster,
-project, metadata) and the recorded usage of their current attempts.
+"""The reads a listing makes: tasks filtered (states, cluster, project, metadata) and the
+recorded usage of their current attempts, over a ``Registry`` or, for ``tasks list``, the
+read-only ``RegistryReader`` (``open_source``).
 
-``tasks list`` runs on these with just the config and the registry open (``Runtime``),
-never importing the service, the sync cycle or the slurm package: a command that only
-reads starts in about the time its dependencies take to import (benchmarks/bench_startup.py).
+``tasks list`` runs on these with neither the config nor the model's dataclasses
+imported: a registry file of the current schema is read into ``TaskRow``s
+(``registry_read``); any other file goes through the full ``Registry`` (which migrates an
+older one) and gives ``models.Task``s, which the formatters take alike (``ListedTask``).
 ``projects.find_tasks`` and ``Service.usage_of`` are these same calls.
 """
 
@@ -15,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .lifecycle import TaskState
     from .models import Task
     from .registry import Registry
+    from .registry_read import RegistryReader
+    from .states import TaskState
+    from .task_rows import ListedTask
 
 
 def check_filter(metadata: Mapping[str, str | None] | None) -> None:
@@ -25,6 +29,20 @@ def check_filter(metadata: Mapping[str, str | None] | None) -> None:
     if metadata is not None and (not isinstance(metadata, Mapping) or not all(
             isinstance(k, str) and k and (v is None or isinstance(v, str)) for k, v in metadata.items())):  # fmt: skip
         raise UsageError(f"a metadata filter maps keys to str (or None: has the key), got {metadata!r}")
+
+
+def open_source(path: str) -> RegistryReader | Registry:
+    """What a listing of the registry file at ``path`` reads: the cheap ``RegistryReader``
+    when the file has the current schema (or does not exist: nothing is created), else the
+    full ``Registry`` (it migrates an older file, or raises RegistryError with a hint)."""
+    from .registry_read import RegistryReader
+
+    reader = RegistryReader.open(path)
+    if reader is not None:
+        return reader
+    from .registry import Registry
+
+    return Registry(path)
 
 
 def find_tasks(registry: Registry, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
@@ -36,6 +54,14 @@ def find_tasks(registry: Registry, *, states: Iterable[TaskState] | None = None,
     return registry.list_tasks(states=states, cluster=cluster, limit=limit, project=project, metadata=metadata)
 
 
-def usage_of(registry: Registry, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+def find_listed(source: RegistryReader | Registry, *, states: Iterable[TaskState] | None = None,
+                cluster: str | None = None, limit: int | None = None, project: str | None = None,
+                metadata: Mapping[str, str | None] | None = None) -> Sequence[ListedTask]:  # fmt: skip
+    """``find_tasks`` over either source (``open_source``): what a listing shows."""
+    check_filter(metadata)
+    return source.list_tasks(states=states, cluster=cluster, limit=limit, project=project, metadata=metadata)
+
+
+def usage_of(registry: RegistryReader | Registry, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
     """The recorded usage of each task's current attempt (one query), by task id."""
-    return {tid: att.usage for tid, att in registry.current_attempts(list(task_ids)).items() if att.usage}
+    return registry.current_usage(list(task_ids))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .lifecycle import RetryPolicy, TaskState
+from .task_rows import queue_seconds, run_seconds
 
 # What backends and transports report (a job's state, a command's result, a file listed)
 # lives in ``records`` and is importable from here as before: bound on first use (PEP 562),
@@ -281,16 +282,11 @@ class Task:
 
     @property
     def queue_seconds(self) -> float | None:
-        if self.submitted_at is None or self.started_at is None:
-            return None
-        return max(0.0, self.started_at - self.submitted_at)
+        return queue_seconds(self.submitted_at, self.started_at)
 
     @property
     def run_seconds(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.ended_at if self.ended_at is not None else None
-        return None if end is None else max(0.0, end - self.started_at)
+        return run_seconds(self.started_at, self.ended_at)
 
 
 @dataclass(frozen=True)

@@ -26,18 +26,21 @@ from .lazylog import get_logger
 from .lifecycle import TaskState, check_transition
 from .models import Attempt, Event, Task
 from .registry_batch import BatchWrites, chunks
+from .registry_file import BUSY_TIMEOUT_MS
 from .registry_queries import (
     ENDED_ATTEMPT_STATES,
     LAST_SEEN,
     TOP_EVENTS,
     TOP_ROWS,
     TOP_ROWS_SINCE,
+    current_attempts,
     marks,
     project_counts,
     project_requests,
     project_usage,
-    task_filter,
+    task_select,
 )
+from .registry_read import current_usage
 from .schema import (
     JSON_ATTEMPT_FIELDS,
     MIGRATIONS,
@@ -50,8 +53,6 @@ from .schema import (
 )
 
 log = get_logger(__name__)
-
-BUSY_TIMEOUT_MS = 30_000
 
 
 class Registry(BatchWrites):
@@ -78,7 +79,8 @@ class Registry(BatchWrites):
         try:
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"{self.path} is not an hpcbridge registry: {exc}") from None
+            raise RegistryError(f"{self.path} is not an hpcbridge registry: {exc}",
+                                hint="--db / HPCBRIDGE_DB must name a registry file (or a new path)") from None  # fmt: skip
         if mode != "wal":  # e.g. some network filesystems; rollback journal still works
             log.info("registry %s: WAL unavailable, journal_mode=%s", self.path, mode)
         self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -294,14 +296,11 @@ class Registry(BatchWrites):
     def _select(self, cols: str, states: Iterable[TaskState] | None, cluster: str | None,
                 limit: int | None, newest_first: bool, project: str | None,
                 metadata: Mapping[str, str | None] | None) -> list[sqlite3.Row]:  # fmt: skip
-        found = task_filter(states=states, cluster=cluster, project=project, metadata=metadata)
+        found = task_select(cols, states=states, cluster=cluster, project=project, metadata=metadata,
+                            limit=limit, newest_first=newest_first)  # fmt: skip
         if found is None:
             return []
-        where, params = found
-        sql = f"SELECT {cols} FROM tasks{where} ORDER BY id " + ("DESC" if newest_first else "ASC")
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        sql, params = found
         return self.conn.execute(sql, params).fetchall()
 
     def clusters_with_active_tasks(self, active: Iterable[TaskState]) -> list[str]:
@@ -470,15 +469,14 @@ class Registry(BatchWrites):
         out: dict[str, Attempt] = {}
         for i in range(0, len(task_ids), 500):
             chunk = task_ids[i : i + 500]
-            rows = self.conn.execute(
-                "SELECT a.* FROM attempts a JOIN tasks t ON t.id = a.task_id"
-                " AND a.number = t.attempt_count"
-                f" WHERE a.task_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            for r in rows:
+            for r in self.conn.execute(current_attempts("a.*", len(chunk)), chunk):
                 out[r["task_id"]] = row_to_attempt(r)
         return out
+
+    def current_usage(self, task_ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """The recorded usage of each task's current attempt, where it has one (one query per
+        500 tasks, the usage column alone): ``registry_read.current_usage``."""
+        return current_usage(self.conn, task_ids)
 
     def stray_attempts(self, cluster: str, *, since: float, reason: str) -> list[Attempt]:
         """Attempts of ``cluster``'s tasks given up with ``reason`` and no job id since

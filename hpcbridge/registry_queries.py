@@ -6,6 +6,9 @@ stays about transactions and compare-and-set writes.
 * ``task_filter``: the ``WHERE`` of ``list_tasks`` (states, cluster, project, metadata).
   Metadata is matched through the ``task_meta`` table (one row per key, indexed on
   ``(key, value, task_id)``), never by parsing each task's JSON.
+* ``task_select``: the whole ``SELECT`` of a listing (that filter, newest first, a limit),
+  which ``Registry`` and the read-only ``RegistryReader`` of ``tasks list`` both run.
+* ``current_attempts``: the current attempt of each of some tasks (its columns chosen).
 * ``PROJECT_COUNTS``: tasks per project and state, from the ``(project, state)`` index.
 * ``project_requests``: per project, cluster and request (CPUs, time limit), how many tasks
   in the given states asked for it (what committed core-hours are computed from).
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .lifecycle import TaskState
+from .states import TaskState
 
 S = TaskState
 
@@ -60,6 +63,29 @@ def task_filter(*, states: Iterable[TaskState] | None = None, cluster: str | Non
             where.append("id IN (SELECT task_id FROM task_meta WHERE key = ? AND value = ?)")
             params.extend((key, value))
     return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def task_select(cols: str, *, states: Iterable[TaskState] | None = None, cluster: str | None = None,
+                project: str | None = None, metadata: Mapping[str, str | None] | None = None,
+                limit: int | None = None, newest_first: bool = True) -> tuple[str, list[Any]] | None:  # fmt: skip
+    """``(sql, params)`` selecting ``cols`` of the tasks ``task_filter`` keeps, by id (creation
+    order; newest first by default), at most ``limit``; None when nothing can match."""
+    found = task_filter(states=states, cluster=cluster, project=project, metadata=metadata)
+    if found is None:
+        return None
+    where, params = found
+    sql = f"SELECT {cols} FROM tasks{where} ORDER BY id " + ("DESC" if newest_first else "ASC")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    return sql, params
+
+
+def current_attempts(cols: str, n: int) -> str:
+    """Columns ``cols`` (of ``a``, the attempts table) of the current attempt (number =
+    the task's attempt count) of ``n`` tasks given as parameters."""
+    return (f"SELECT {cols} FROM attempts a JOIN tasks t ON t.id = a.task_id AND a.number = t.attempt_count"
+            f" WHERE a.task_id IN ({marks(n)})")  # fmt: skip
 
 
 PROJECT_COUNTS = ("SELECT project, state, COUNT(*) FROM tasks WHERE project IS NOT NULL"
@@ -139,5 +165,5 @@ LAST_SEEN = ("SELECT t.cluster, MAX(a.last_seen_at) FROM attempts a JOIN tasks t
 
 
 __all__ = ["ENDED_ATTEMPT_STATES", "LAST_SEEN", "PROJECT_COUNTS", "TOP_EVENTS", "TOP_ROWS",
-           "TOP_ROWS_SINCE", "marks",
-           "project_counts", "project_requests", "project_usage", "task_filter"]  # fmt: skip
+           "TOP_ROWS_SINCE", "current_attempts", "marks",
+           "project_counts", "project_requests", "project_usage", "task_filter", "task_select"]  # fmt: skip

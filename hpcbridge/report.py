@@ -6,12 +6,13 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .models import Attempt, Event, Task
-
 # Diagnostics and Slurm's usage figures are imported where a report needs them: the task
-# listing (``duration``, ``iso``, ``task_summary``) starts without them.
+# listing (``duration``, ``iso``, ``task_summary``) starts without them, and without the
+# model's classes (it may show ``TaskRow``s: ``ListedTask``).
 if TYPE_CHECKING:
+    from .models import Attempt, Event, Task
     from .slurm.usage import Thresholds, Usage
+    from .task_rows import ListedTask
 
 
 def iso(ts: float | None) -> str | None:
@@ -40,7 +41,7 @@ def duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m"
 
 
-def task_summary(task: Task) -> dict[str, Any]:
+def task_summary(task: ListedTask) -> dict[str, Any]:
     return {
         "id": task.id,
         "name": task.name,

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .models import Attempt, Event, Task
 from .report import duration, efficiency, failure, iso
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a listing's records may be of TaskRows (ListedTask): no model classes needed
+    from .models import Attempt, Event, Task
     from .slurm.usage import Thresholds
+    from .task_rows import ListedTask
 
 # Which timeline phase a state opens (states not listed close the open phase).
 PHASE_OF_STATE = {
@@ -39,7 +40,7 @@ RECORD_COLUMNS = ("id", "name", "state", "cluster", "project", "attempts", "crea
 USAGE_COLUMNS = ("cpu_efficiency", "mem_efficiency", "core_hours")
 
 
-def metadata_keys(tasks: Sequence[Task]) -> list[str]:
+def metadata_keys(tasks: Sequence[ListedTask]) -> list[str]:
     """The metadata keys of these tasks in order of first appearance (a sweep's parameters
     come in the order they were given)."""
     seen: dict[str, None] = {}
@@ -57,7 +58,7 @@ def record_key(key: str, *, usage: bool = False) -> str:
     return f"meta.{key}" if key in fixed or key.startswith("meta.") else key
 
 
-def task_records(tasks: Sequence[Task], usage: Mapping[str, Mapping[str, Any]] | None = None,
+def task_records(tasks: Sequence[ListedTask], usage: Mapping[str, Mapping[str, Any]] | None = None,
                  ) -> list[dict[str, Any]]:  # fmt: skip
     """One flat dict per task (what ``tasks list`` shows, plus the timestamps and every
     metadata key as a column, ``None`` where a task lacks it), so

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 from .lifecycle import TaskState
 from .models import Attempt, Event, Task, TaskSpec
+from .registry_file import MIGRATION_NAMES
 
 
 def m001_initial(db: sqlite_utils.Database) -> None:
@@ -172,15 +173,14 @@ def m007_events_outbox(db: sqlite_utils.Database) -> None:
         db.table("attempts").add_column("watch", str)
 
 
-MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = (
-    ("001_initial", m001_initial),
-    ("002_scheduler_budget", m002_scheduler_budget),
-    ("003_ordered_indexes", m003_ordered_indexes),
-    ("004_leases", m004_leases),
-    ("005_monitoring", m005_monitoring),
-    ("006_projects_metadata", m006_projects_metadata),
-    ("007_events_outbox", m007_events_outbox),
-)
+# The names are registry_file.MIGRATION_NAMES (where `tasks list` checks a file's schema
+# without importing this module); a new migration is appended to both.
+MIGRATIONS: Sequence[tuple[str, Callable[[sqlite_utils.Database], None]]] = tuple(zip(
+    MIGRATION_NAMES,
+    (m001_initial, m002_scheduler_budget, m003_ordered_indexes, m004_leases, m005_monitoring,
+     m006_projects_metadata, m007_events_outbox),
+    strict=True,
+))  # fmt: skip
 
 TASK_COLUMNS = (
     "id, name, cluster, state, spec, metadata, created_at, updated_at, submitted_at, started_at,"

@@ -16,8 +16,11 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "hpcbridge"
 
 LAYERS: list[tuple[str, ...]] = [
+    ("registry_file",),
     ("lazylog",),
     ("errors",),
+    ("states",),
+    ("task_rows",),
     ("lifecycle",),
     ("event_names", "records"),
     ("models", "paths", "leases", "sweep", "deps", "events", "transfers"),
@@ -31,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends",),
     ("doctor",),
     ("registry_queries",),
+    ("registry_read",),
     ("registry_batch",),
     ("registry",),
     ("listing",),

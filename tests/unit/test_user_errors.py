@@ -69,7 +69,8 @@ def test_an_empty_from_file_is_an_error(env: Path) -> None:
 def test_a_config_that_is_not_utf8_is_one_line(env: Path) -> None:
     cfg = env / "c.toml"
     cfg.write_bytes(b'default_cluster = "caf\xe9"\n')
-    code, out = run("--config", str(cfg), "tasks", "list")
+    # `config` loads it (`tasks list` reads only the registry: test_listing_read)
+    code, out = run("--config", str(cfg), "config")
     assert code == 1
     assert_one_error_line(out, "not UTF-8")
 
@@ -87,7 +88,7 @@ def test_retry_keys_of_the_wrong_type(env: Path, key: str, value: str, needle: s
                    encoding="utf-8")  # fmt: skip
     with pytest.raises(ConfigError, match=needle):
         load_config(cfg)
-    code, out = run("--config", str(cfg), "tasks", "list")
+    code, out = run("--config", str(cfg), "config")
     assert code == 1
     assert_one_error_line(out, needle)
 
