@@ -138,8 +138,11 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     # While the cluster's limits are still being read, the MaxSubmitJobs gate waits until
     # the requests are rendered (_write_ahead): most of the read overlaps the local work.
     # Known limits (configured, or kept from an earlier read) gate here, before anything
-    # is claimed or staged, so tasks over the limit cost nothing each cycle.
-    late_gate = rt.cluster(cluster).max_submit_jobs is None and rt.limits_pending(cluster)
+    # is claimed or staged, so tasks over the limit cost nothing each cycle; so do tasks
+    # with inputs to upload (one over the limit would upload them twice, and an upload
+    # takes longer than the read anyway).
+    late_gate = (rt.cluster(cluster).max_submit_jobs is None and rt.limits_pending(cluster)
+                 and not any(t.spec.inputs for t in tasks))  # fmt: skip
     if not late_gate:
         tasks = _within_submit_limit(rt, cluster, tasks)
     if not tasks:

@@ -106,3 +106,44 @@ def test_limits_still_being_read_gate_the_submission_after_rendering(tmp_path: P
     assert len(reads) == 1 and not planned.is_set() and more[0].state == S.CREATED
     assert len(fake.submitted) == 3
     svc.close()
+
+
+def test_tasks_with_inputs_wait_for_the_limits_before_anything_is_staged(tmp_path: Path) -> None:
+    """A task over the limit would upload its inputs twice (staged, handed back, staged
+    again), so tasks with inputs are gated before staging even while the limits are read."""
+    import sys
+    import threading
+    import time
+
+    from hpcbridge.slurm.limits import ClusterLimits
+
+    fake = FakeBackend()
+    staged: list[int] = []
+    main = threading.main_thread()
+
+    def limits() -> ClusterLimits:
+        # Answer once the submitting thread waits for this read (in Thread.join), wherever
+        # that is: before staging (gated first) or after planning (gated late).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(main.ident or 0)
+            if frame is not None and frame.f_code.co_name in ("_wait_for_tstate_lock", "join"):
+                break
+            time.sleep(0.002)
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=1)
+
+    real_prepare = fake.prepare
+
+    def prepare(tasks: Any) -> Any:
+        staged.append(len(tasks))
+        return real_prepare(tasks)
+
+    fake.cluster_limits = limits  # type: ignore[attr-defined]
+    fake.prepare = prepare  # type: ignore[method-assign]
+    svc = make_service(tmp_path, fake)
+    data = tmp_path / "in.txt"
+    data.write_text("x", encoding="utf-8")
+    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}", "inputs": [str(data)]} for i in range(3)])
+    assert staged == [1]  # only the task within the limit was staged
+    assert [t.state for t in tasks] == [S.QUEUED, S.CREATED, S.CREATED]
+    svc.close()
