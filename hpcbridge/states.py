@@ -1,8 +1,8 @@
 """Task states and the transition table: what ``lifecycle`` builds its policy on.
 
-Apart from ``lifecycle`` (which re-exports every name here) so that a command that only
-reads the registry, ``tasks list``, gets ``TaskState`` without creating the retry policy's
-and the plan's dataclasses (start-up time, benchmarks/bench_startup.py). Pure.
+Kept apart from ``lifecycle`` (which re-exports every name here) so that a command that
+only reads the registry, ``tasks list``, gets ``TaskState`` without creating the retry
+policy's and the plan's dataclasses (start-up time, benchmarks/bench_startup.py). Pure.
 """
 
 from __future__ import annotations
