@@ -27,6 +27,8 @@ from .registry import Registry
 
 # How long limits read from a cluster (sacctmgr, scontrol show config) are trusted.
 LIMITS_TTL_SECONDS = 3600.0
+# How long prefetch_limits waits for the connection before the caller goes on anyway.
+CONNECT_HEAD_START = 0.25
 
 if TYPE_CHECKING:  # backends are opened (and their module imported) on first use, and the
     # slurm package (most of the import time of a command that only reads) with them
@@ -123,8 +125,15 @@ class Runtime:
             return
         if getattr(backend, "cluster_limits", None) is None or self._kept_limits(cluster, backend) is not None:
             return
-        self._limit_reads[cluster] = read = _LimitsRead(lambda: self._read_limits(cluster), cluster)
+        self._limit_reads[cluster] = read = _LimitsRead(lambda: self._read_limits(cluster), cluster,
+                                                        connect=getattr(backend, "connect", None))  # fmt: skip
         read.start()
+        # The SSH handshake is a dozen packet exchanges; each waits for the GIL while this
+        # thread validates and registers tasks (33 ms alone became 100 ms). So the caller
+        # goes on once the connection is up, or after CONNECT_HEAD_START if it is slow (a
+        # host that is down: the read keeps trying, and the caller's own use of the
+        # connection gets the read's failure, SSHConnection.ensure).
+        read.connected.wait(CONNECT_HEAD_START)
 
     def limits_pending(self, cluster: str) -> bool:
         """A read ``prefetch_limits`` started is still under way."""
@@ -240,9 +249,12 @@ class _LimitsRead(threading.Thread):
     """A cluster's limits read in the background; ``result()`` waits, then returns them or
     raises what the read raised."""
 
-    def __init__(self, read: Callable[[], ClusterLimits | None], cluster: str) -> None:
+    def __init__(self, read: Callable[[], ClusterLimits | None], cluster: str, *,
+                 connect: Callable[[], None] | None = None) -> None:  # fmt: skip
         super().__init__(name=f"hpcbridge-limits-{cluster}", daemon=True)
         self._read = read
+        self._connect = connect
+        self.connected = threading.Event()  # set once connecting ended, either way
         self._value: ClusterLimits | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -251,10 +263,19 @@ class _LimitsRead(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self._connect is not None:
+                try:
+                    self._connect()
+                except HpcBridgeError as exc:  # unreachable: no limits (as _read_limits), and
+                    # no second round of connect attempts; the submission reports the error
+                    log.debug("limits not read: %s", exc.message)
+                    return
+            self.connected.set()
             self._value = self._read()
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
             self._error = exc
         finally:
+            self.connected.set()
             with self._lock:
                 self._done, close = True, self._close
             if close is not None:

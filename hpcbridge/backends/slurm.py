@@ -98,15 +98,19 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         return self._tz
 
     # -- staging ------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect now, if the transport connects at all (SSH): TransportError & co."""
+        connect = getattr(self.transport, "connect", None)
+        if connect is not None:
+            connect()
+
     def prepare(self, tasks: Sequence[Task]) -> dict[str, str | HpcBridgeError]:
         dirs = {t.id: self.work_dir(t) for t in tasks}
         # No mkdir here: the submission script creates .hpcbridge/<attempt> (and so the work
         # dir) in the same round trip as sbatch, and SFTP uploads create their parents. But
         # do connect: an unreachable cluster must fail here, before the write-ahead commit,
         # not in submit() where every attempt would become "outcome unknown".
-        connect = getattr(self.transport, "connect", None)
-        if connect is not None:
-            connect()
+        self.connect()
         if not any(t.spec.inputs for t in tasks):
             return dict(dirs)
         errors = stage_inputs(self.transport, self.base_dir(), tasks, dirs,

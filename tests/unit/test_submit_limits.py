@@ -147,3 +147,29 @@ def test_tasks_with_inputs_wait_for_the_limits_before_anything_is_staged(tmp_pat
     assert staged == [1]  # only the task within the limit was staged
     assert [t.state for t in tasks] == [S.QUEUED, S.CREATED, S.CREATED]
     svc.close()
+
+
+def test_a_limits_read_whose_connect_fails_tries_nothing_more(tmp_path: Path) -> None:
+    """The host is down: the read gives up with its connect (the submission reports the
+    error itself), rather than spending the connect attempts a second time in the read."""
+    from hpcbridge.errors import TransportError
+    from hpcbridge.slurm.limits import ClusterLimits
+
+    fake = FakeBackend()
+    calls: list[str] = []
+
+    def connect() -> None:
+        calls.append("connect")
+        raise TransportError("connection refused")
+
+    def limits() -> ClusterLimits:
+        calls.append("limits")
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=None)
+
+    fake.connect = connect  # type: ignore[attr-defined]
+    fake.cluster_limits = limits  # type: ignore[attr-defined]
+    svc = make_service(tmp_path, fake)
+    svc.runtime.prefetch_limits("lab")
+    assert svc.runtime.cluster_limits("lab") is None
+    assert calls == ["connect"]
+    svc.close()
