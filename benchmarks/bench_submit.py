@@ -322,7 +322,7 @@ def main() -> None:
         ["contender", "N", "median s", "per-job ms", "x raw (a), paired", "hpcbridge faster by"],
         [[r["contender"], r["n"], r["median_s"], r["per_job_ms"], r["ratio_to_raw"], r["hpcbridge_speedup"]]
          for r in results],
-        title=f"submit: median of {args.repeats} interleaved runs",
+        title=f"submit: median of {args.repeats} interleaved runs ({args.repeats_large} at N >= 1000)",
     )  # fmt: skip
     extra = [[r["contender"], r["n"], r.get("round_trips"), r.get("connects"), r.get("scheduler_commands"),
               r.get("sbatch_calls"), r.get("local_cpu_s")]
