@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .lifecycle import RetryPolicy, TaskState
-from .task_rows import queue_seconds, run_seconds
+from .task_rows import Timings
 
 # What backends and transports report (a job's state, a command's result, a file listed)
 # lives in ``records`` and is importable from here as before: bound on first use (PEP 562),
@@ -243,7 +243,7 @@ class Attempt:
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(Timings):
     """A task record as stored in the registry (a snapshot; re-read for fresh state)."""
 
     id: str
@@ -279,14 +279,6 @@ class Task:
     def project(self) -> str | None:
         """The project the task belongs to (None: none), fixed at submission."""
         return self.spec.project
-
-    @property
-    def queue_seconds(self) -> float | None:
-        return queue_seconds(self.submitted_at, self.started_at)
-
-    @property
-    def run_seconds(self) -> float | None:
-        return run_seconds(self.started_at, self.ended_at)
 
 
 @dataclass(frozen=True)

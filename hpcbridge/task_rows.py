@@ -30,6 +30,24 @@ def run_seconds(started_at: float | None, ended_at: float | None) -> float | Non
     return max(0.0, ended_at - started_at)
 
 
+class Timings:
+    """``queue_seconds`` and ``run_seconds`` of a task's own times (``models.Task`` and
+    ``TaskRow``)."""
+
+    __slots__ = ()
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return queue_seconds(self.submitted_at, self.started_at)
+
+    @property
+    def run_seconds(self) -> float | None:
+        return run_seconds(self.started_at, self.ended_at)
+
+
 class ListedTask(Protocol):
     """A task as a listing shows it (``models.Task`` and ``TaskRow`` both are one)."""
 
@@ -70,7 +88,7 @@ ROW_COLUMNS = ("id, name, cluster, project, state, metadata, created_at, submitt
                " ended_at, attempt_count, exit_code, reason")  # fmt: skip
 
 
-class TaskRow:
+class TaskRow(Timings):
     """A read-only task of a listing, from one row of ``ROW_COLUMNS``. The metadata JSON is
     decoded when first read (a plain table never reads it)."""
 
@@ -104,14 +122,6 @@ class TaskRow:
 
             meta = self._metadata = json.loads(meta)
         return meta
-
-    @property
-    def queue_seconds(self) -> float | None:
-        return queue_seconds(self.submitted_at, self.started_at)
-
-    @property
-    def run_seconds(self) -> float | None:
-        return run_seconds(self.started_at, self.ended_at)
 
     def __repr__(self) -> str:
         return f"TaskRow(id={self.id!r}, name={self.name!r}, state={self.state.value!r})"
