@@ -117,9 +117,10 @@ class Runtime:
         validating, registering, claiming and rendering them. ``cluster_limits`` waits for
         it. Never raises: the use reports what fails."""
         try:
-            cluster = self.config.cluster(cluster).name
-            if cluster in self._limit_reads:
-                return
+            cfg = self.config.cluster(cluster)
+            if cfg.name in self._limit_reads or (cfg.max_submit_jobs is not None and cfg.max_array_size is not None):
+                return  # under way, or both limits configured: nothing to read
+            cluster = cfg.name
             backend = self.backend(cluster)  # opened here: only this thread opens backends
         except HpcBridgeError:
             return

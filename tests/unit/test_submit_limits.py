@@ -173,3 +173,20 @@ def test_a_limits_read_whose_connect_fails_tries_nothing_more(tmp_path: Path) ->
     assert svc.runtime.cluster_limits("lab") is None
     assert calls == ["connect"]
     svc.close()
+
+
+def test_limits_configured_for_the_cluster_are_never_read(tmp_path: Path) -> None:
+    from hpcbridge.slurm.limits import ClusterLimits
+
+    fake = FakeBackend()
+    reads: list[str] = []
+
+    def limits() -> ClusterLimits:
+        reads.append("read")
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=None)
+
+    fake.cluster_limits = limits  # type: ignore[attr-defined]
+    svc = make_service(tmp_path, fake, max_submit_jobs=2, max_array_size=100)
+    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(3)])
+    assert [t.state for t in tasks] == [S.QUEUED, S.QUEUED, S.CREATED] and not reads
+    svc.close()
