@@ -177,6 +177,13 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         log.info("cluster %s: limits %s", self.cluster.name, self._limits)
         return self._limits
 
+    def _read_array_size(self) -> int | None:
+        """MaxArraySize alone, from ``scontrol show config`` (None: not readable)."""
+        self.commands += 1
+        argv = slurm.scrub_env(limits.scontrol_config_argv(bin_dir=self._bin()))
+        res = self.transport.run(argv, timeout=self.cluster.command_timeout, what="scontrol show config")
+        return limits.parse_limits(res.stdout, "", "", "").max_array_size if res.ok else None
+
     def remember_limits(self, limits: ClusterLimits) -> None:
         """Limits read earlier (the runtime keeps them on disk for a while)."""
         self._limits = limits
@@ -185,7 +192,13 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
         """Elements per array: config ``max_array_size``, else the cluster's MaxArraySize."""
         if self.cluster.max_array_size is not None:
             return self.cluster.max_array_size
-        found = self.cluster_limits().max_array_size
+        if self._limits is None and self._limits_lock.locked():
+            # Another thread is reading the limits (Runtime.prefetch_limits): its sacctmgr
+            # queries take 0.3 s, slurmdbd's replies held up by Nagle and delayed ACKs, but
+            # MaxArraySize comes from slurmctld, which answers `scontrol show config` in ~10 ms.
+            found = self._read_array_size()
+        else:
+            found = self.cluster_limits().max_array_size
         if found is None:
             log.warning("cluster %s: could not read MaxArraySize; assuming Slurm's default %d",
                         self.cluster.name, slurm.DEFAULT_MAX_ARRAY_SIZE)  # fmt: skip

@@ -100,3 +100,37 @@ def test_the_plan_is_made_before_the_write_ahead_and_submit_follows_it_with_hole
     [script] = transport.scripts
     assert '--array="0,2-3"' in script
     transport.verify()
+
+
+def test_a_plan_made_while_the_limits_are_read_asks_slurmctld_for_max_array_size_alone() -> None:
+    """The limits read (Runtime.prefetch_limits runs it in a thread) waits on sacctmgr,
+    0.3 s; a plan made meanwhile needs only MaxArraySize, which ``scontrol show config``
+    answers from slurmctld, so it does not wait for the read."""
+    import threading
+
+    planned = threading.Event()
+
+    def slow_limits(call: ReplayCall) -> Reply:
+        assert planned.wait(10), "the plan waited for the limits read"
+        return Reply(limits_reply(1001))
+
+    config = re.sub(r"(?m)^MaxArraySize\s*=.*$", "MaxArraySize            = 2",
+                    (DATA / "limits_scontrol_config.txt").read_text())  # fmt: skip
+    transport = (ReplayTransport()
+                 .on_script(slow_limits, contains="HPCB-LIMITS-PART", times=1)
+                 .on("scontrol show config", stdout=config, times=1))  # fmt: skip
+    backend = SlurmBackend(cluster(arrays=True), transport)
+    read = threading.Thread(target=backend.cluster_limits)
+    read.start()
+    try:
+        while not any(c.script and "HPCB-LIMITS-PART" in c.script for c in transport.calls):
+            read.join(0.001)  # until the read has taken its lock and sent its script
+        refs = backend.plan(submit_requests("a", "b", "c", "d", cpus=2))
+    finally:
+        planned.set()
+        read.join(10)
+    assert [refs[f"tok{t}"]["index"] for t in "abcd"] == [0, 1, 0, 1]  # split at the 2 scontrol said
+    assert refs["toka"]["array"] == refs["tokb"]["array"] != refs["tokc"]["array"]
+    assert backend.cluster_limits().max_array_size == 1001  # the read's own answer, kept
+    assert backend.commands == 2
+    transport.verify()

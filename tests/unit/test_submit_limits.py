@@ -108,6 +108,50 @@ def test_limits_still_being_read_gate_the_submission_after_rendering(tmp_path: P
     svc.close()
 
 
+def test_the_write_ahead_is_written_while_the_limits_are_read_and_committed_once_they_allow_it(
+        tmp_path: Path) -> None:  # fmt: skip
+    """While the limits are read, the write-ahead's writes go in (its transaction holds the
+    registry's write lock) and commit only once the limit is known to allow every task; no
+    other process ever sees an attempt the gate would not have let out."""
+    import sqlite3
+    import sys
+    import threading
+    import time
+
+    from hpcbridge.slurm.limits import ClusterLimits
+
+    fake = FakeBackend()
+    seen: list[str] = []
+
+    main = threading.main_thread()
+
+    def limits() -> ClusterLimits:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the submission waits for this read
+            frame = sys._current_frames().get(main.ident or 0)
+            if frame is not None and frame.f_code.co_name in ("_wait_for_tstate_lock", "join"):
+                break
+            time.sleep(0.002)
+        other = sqlite3.connect(tmp_path / "r.db", timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            seen.append("free")
+        except sqlite3.OperationalError:  # "database is locked": the write-ahead is open
+            seen.append("locked")
+        seen.append(str(other.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]))
+        other.close()
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=5)
+
+    fake.cluster_limits = limits  # type: ignore[attr-defined]
+    svc = make_service(tmp_path, fake)
+    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(5)])
+    assert seen[:2] == ["locked", "0"], seen
+    assert [t.state for t in tasks] == [S.QUEUED] * 5 and len(fake.submitted) == 5
+    assert all(len(svc.attempts(t.id)) == 1 for t in tasks)
+    svc.close()
+
+
 def test_tasks_with_inputs_wait_for_the_limits_before_anything_is_staged(tmp_path: Path) -> None:
     """A task over the limit would upload its inputs twice (staged, handed back, staged
     again), so tasks with inputs are gated before staging even while the limits are read."""
