@@ -136,7 +136,8 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     """
     rt.prefetch_limits(cluster)
     # While the cluster's limits are still being read, the MaxSubmitJobs gate waits until
-    # the requests are rendered (_write_ahead): most of the read overlaps the local work.
+    # the write-ahead is written, uncommitted (_write_ahead_gated): the read overlaps the
+    # local work.
     # Known limits (configured, or kept from an earlier read) gate here, before anything
     # is claimed or staged, so tasks over the limit cost nothing each cycle; so do tasks
     # with inputs to upload (one over the limit would upload them twice, and an upload
