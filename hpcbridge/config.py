@@ -108,6 +108,9 @@ class ClusterConfig:
     # Jobs of this user the cluster accepts at once (MaxSubmitJobs of the association or
     # QOS); hpcbridge keeps tasks over it waiting, visibly, instead of letting sbatch fail.
     max_submit_jobs: int | None = None
+    # A task whose sbatch the cluster refused for its submit limit (slots taken by jobs
+    # submitted by other means) is tried again this long after.
+    submit_limit_retry_seconds: float = 60.0
     # Events (issue 12): a running task whose newest work-dir file is older than this is
     # stalled (None: not watched unless the task sets --stall-after); what then; and the
     # share of its time limit left at which a running attempt gets `walltime_near`.
@@ -162,6 +165,7 @@ _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "env": dict,
     "lost_grace_seconds": (int, float),
     "submit_grace_seconds": (int, float),
+    "submit_limit_retry_seconds": (int, float),
     "commands_per_minute": (int, float),
     "cycle_timeout": (int, float),
     "submit_parallelism": int,
@@ -347,7 +351,7 @@ def _parse_cluster(name: str, table: Any, where: str) -> ClusterConfig:
         except ConfigError as exc:
             raise ConfigError(f"{prefix}.retry: {exc.message}", hint=exc.hint) from None
     for key in ("connect_timeout", "command_timeout", "commands_per_minute", "cycle_timeout",
-                "submit_parallelism", "max_array_size", "max_submit_jobs"):
+                "submit_parallelism", "max_array_size", "max_submit_jobs", "submit_limit_retry_seconds"):
         if key in kwargs and kwargs[key] <= 0:
             raise ConfigError(f"{prefix}: {key} must be > 0, got {kwargs[key]}")
     if kwargs.get("price_per_core_hour", 0) < 0:

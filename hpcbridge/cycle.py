@@ -289,8 +289,8 @@ def _is_due(rt: Runtime, t: Task, now: float) -> bool:
         return (t.next_attempt_at or 0) <= now
     # A new task is started by the process that registered it, right away; the sync takes
     # over only what was handed back (next_attempt_at) or whose submitter is gone (lease).
-    if t.next_attempt_at is not None and t.next_attempt_at <= now:
-        return True
+    if t.next_attempt_at is not None:  # handed over, due then (a refused sbatch: later)
+        return t.next_attempt_at <= now
     return submitter_gone_for(rt, t, now) is not None
 
 

@@ -22,6 +22,7 @@ task's state. The tree (``*`` = transient)::
     │   └── CommandTimeout *        a command did not finish in time: outcome unknown
     ├── CommandFailed               a command ran and exited non-zero
     │   └── SchedulerError          the scheduler rejected a request
+    │       └── SubmitLimitReached  ... sbatch refused a job over the user's submit limit
     ├── ParseError                  scheduler output that could not be understood
     ├── BackendError                any other backend failure
     └── RemoteFileError             a file operation on the cluster failed (also an OSError)
@@ -158,6 +159,17 @@ class CommandFailed(HpcBridgeError):
 
 class SchedulerError(CommandFailed):
     """The scheduler (sbatch, scancel, ...) rejected a request."""
+
+
+class SubmitLimitReached(SchedulerError):
+    """sbatch refused a job because the user's submit limit is full (``reason``: Slurm's
+    name for the limit, ``AssocMaxSubmitJobLimit`` and kin). No job was made: the task waits
+    for a slot, it never fails for this."""
+
+    def __init__(self, argv: Sequence[str], exit_status: int, stderr: str, *, reason: str,
+                 what: str | None = None, hint: str | None = None) -> None:  # fmt: skip
+        self.reason = reason
+        super().__init__(argv, exit_status, stderr, what=what, hint=hint)
 
 
 class ParseError(HpcBridgeError):

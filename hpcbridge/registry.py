@@ -441,6 +441,26 @@ class Registry(BatchWrites):
             ),
         )
 
+    def withdraw_attempt(self, task_id: str, number: int, new: TaskState, *, source: str, detail: str,
+                         fields: Mapping[str, Any] | None = None) -> bool:  # fmt: skip
+        """Undo attempt ``number``, which the scheduler refused outright (no job exists for
+        it): its row is deleted, the task's attempt count goes back to ``number - 1`` and the
+        task moves ``submitting -> new`` with an event, so the refusal spends no attempt of
+        the retry policy. Compare-and-set: only while that attempt is the task's current one,
+        ``submitting`` and without a job; False (nothing written) otherwise."""
+        check_transition(TaskState.SUBMITTING, new)
+        try:
+            with self.transaction() as c:
+                self._transition(c, task_id, TaskState.SUBMITTING, new, source, detail, number,
+                                 {**(fields or {}), "attempt_count": number - 1}, number)  # fmt: skip
+                gone = c.execute("DELETE FROM attempts WHERE task_id = ? AND number = ? AND state = ?"
+                                 " AND job_id IS NULL", (task_id, number, TaskState.SUBMITTING.value)).rowcount  # fmt: skip
+                if gone != 1:  # the attempt has a job after all: roll the transition back
+                    raise ConflictError(f"task {task_id}: attempt {number} is not a jobless submission")
+        except ConflictError:
+            return False
+        return True
+
     def update_attempt(
         self,
         task_id: str,

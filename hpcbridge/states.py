@@ -77,8 +77,10 @@ _interrupt = frozenset({S.PREEMPTED, S.NODE_FAILED, S.RETRYING})
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     S.CREATED: frozenset({S.STAGING, S.SUBMITTING, S.CANCELLED, S.FAILED}),
     S.STAGING: frozenset({S.SUBMITTING, S.CANCELLED, S.FAILED, S.CREATED}),
-    # SUBMITTING -> SUBMITTING is not a move; an unknown sbatch outcome stays put.
-    S.SUBMITTING: JOB_STATES | {S.FETCHING} | _ends | _interrupt,
+    # SUBMITTING -> SUBMITTING is not a move; an unknown sbatch outcome stays put. Back to
+    # CREATED (or RETRYING): sbatch refused the job for a submit limit, the attempt is
+    # withdrawn (no job was made) and the task waits for a slot.
+    S.SUBMITTING: JOB_STATES | {S.FETCHING, S.CREATED} | _ends | _interrupt,
     S.QUEUED: (JOB_STATES - {S.QUEUED}) | {S.FETCHING} | _ends | _interrupt,
     S.HELD: (JOB_STATES - {S.HELD}) | {S.FETCHING} | _ends | _interrupt,
     S.RUNNING: (JOB_STATES - {S.RUNNING}) | {S.FETCHING} | _ends | _interrupt,

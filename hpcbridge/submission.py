@@ -26,7 +26,7 @@ from typing import Any
 
 from .backends.base import PollRequest, SubmitOutcome, SubmitRequest
 from .deps import decide, parse_after
-from .errors import ConflictError, RegistryError, TaskNotFound, TransportError
+from .errors import ConflictError, RegistryError, SubmitLimitReached, TaskNotFound, TransportError
 from .leases import Lease
 from .lifecycle import WAITING, TaskState
 from .models import Attempt, Task, new_task_id, new_token
@@ -128,23 +128,25 @@ def _register(rt: Runtime, built: Sequence[tuple[Any, dict[str, str]]], lease: s
     raise RegistryError("could not allocate unique task ids after 3 tries")
 
 
-def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Lease) -> None:
+def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Lease, *,
+                   again: bool = True) -> None:  # fmt: skip
     """Stage (if needed) and submit a new attempt for each task, write-ahead, under ``lease``.
 
     Raises TransportError when the cluster cannot be reached before anything was submitted;
     staged-but-unsubmitted tasks are handed back (``created``, due at once) for the sync.
     """
     rt.prefetch_limits(cluster)
-    # While the cluster's limits are still being read, the MaxSubmitJobs gate waits until
-    # the write-ahead is written, uncommitted (_write_ahead_gated): the read overlaps the
-    # local work.
     # Known limits (configured, or kept from an earlier read) gate here, before anything
-    # is claimed or staged, so tasks over the limit cost nothing each cycle; so do tasks
-    # with inputs to upload (one over the limit would upload them twice, and an upload
-    # takes longer than the read anyway).
-    late_gate = (rt.cluster(cluster).max_submit_jobs is None and rt.limits_pending(cluster)
-                 and not any(t.spec.inputs for t in tasks))  # fmt: skip
-    if not late_gate:
+    # is claimed or staged, so tasks over the limit cost nothing each cycle. While they are
+    # still being read (a first submission: two sacctmgr queries, 0.3-0.5 s), nothing waits
+    # for them: the tasks go out, sbatch itself refuses what is over the limit, and such a
+    # refusal withdraws the attempt (the task waits, see _withdraw_refused); once the limits
+    # are known, the refused tasks are started again through the gate (``again``). Tasks
+    # with inputs to upload wait for the limits (one over the limit would upload twice, and
+    # an upload takes longer than the read anyway).
+    unknown = (rt.cluster(cluster).max_submit_jobs is None and rt.limits_pending(cluster)
+               and not any(t.spec.inputs for t in tasks))  # fmt: skip
+    if not unknown:
         tasks = _within_submit_limit(rt, cluster, tasks)
     if not tasks:
         return
@@ -178,13 +180,17 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     # Charge the scheduler budget before the write-ahead commit, so a budget wait never
     # happens between the commit and sbatch.
     rt.charge(cluster, 1)
-    requests = _write_ahead(rt, backend, tasks, staged, held, late_gate=late_gate)
+    requests = _write_ahead(rt, backend, tasks, staged, held, late_gate=unknown)
     if not requests:
         return
     outcomes = backend.submit(requests)
     by_token = {o.token: o for o in outcomes}
     stray: list[PollRequest] = []
-    for req in _record_outcomes(rt, requests, by_token):
+    refused: list[str] = []
+    # A refusal that going out before the limits were known may have caused is tried again
+    # at once, through the gate; any other waits the cluster's submit_limit_retry_seconds.
+    retry_at = time.time() if unknown and again else None
+    for req in _record_outcomes(rt, requests, by_token, refused=refused, retry_at=retry_at):
         job = by_token[req.token]
         stray.append(PollRequest(task_id=req.task.id, attempt=req.attempt, token=req.token,
                                  job_id=job.job_id, work_dir=req.task.work_dir,
@@ -192,10 +198,12 @@ def start_attempts(rt: Runtime, cluster: str, tasks: Sequence[Task], lease: Leas
     if stray:
         rt.charge(cluster, 1)
         backend.cancel(stray)
+    if refused and retry_at is not None:
+        rt.cluster_limits(cluster)  # wait for the read: the gate knows the limit now
+        back = set(refused)
+        start_attempts(rt, cluster, rt.registry.refresh([t for t in tasks if t.id in back]), lease,
+                       again=False)  # fmt: skip
 
-
-# How long the write-ahead holds the registry's write lock waiting for the limits (above).
-GATE_IN_TRANSACTION_SECONDS = 1.0
 
 # Tasks whose job counts against the cluster's MaxSubmitJobs (an array element counts as one).
 HOLDS_JOB = (S.SUBMITTING, S.QUEUED, S.HELD, S.RUNNING, S.SUSPENDED)
@@ -258,9 +266,9 @@ def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mappi
     The task's compare-and-set decides who submits an attempt: a loser writes nothing. The
     plan (``Backend.plan``: for Slurm, which array element each attempt becomes) is made
     before, so it is on the attempt row before sbatch can create the job. ``late_gate``:
-    the submit slots are counted after the plan (the limits were still being read); the
-    requests over them are left out (their array indexes become holes) and their tasks
-    handed back to wait."""
+    the limits were still being read when the submission began; if they have come since,
+    the submit slots are counted after the plan, and the requests over them are left out
+    (their array indexes become holes) and their tasks handed back to wait."""
     drafts: list[tuple[TaskState, dict[str, Any], SubmitRequest]] = []
     for t in tasks:
         current = S.STAGING if t.state in (S.CREATED, S.STAGING) else t.state
@@ -293,31 +301,25 @@ def _write_ahead(rt: Runtime, backend: Any, tasks: Sequence[Task], staged: Mappi
     now = time.time()
     changes = [Change(r.task.id, current, S.SUBMITTING, f"attempt {r.attempt}: submitting (token {r.token})",
                       r.attempt, fields, r.attempt - 1) for (current, fields, _), r in zip(drafts, requests, strict=True)]  # fmt: skip
-    winners: list[SubmitRequest] | None = None
-    if late_gate:
-        try:
-            winners = _write_ahead_gated(rt, changes, requests, now)
-        except sqlite3.IntegrityError:  # rolled back: written below, task by task
-            pass
-        if winners is None:  # over the limit (or the limits slow): the gate picks first
-            drafts = _within_slots_late(rt, drafts)
-            keep = {r.token for _, _, r in drafts}
-            changes = [ch for ch, r in zip(changes, requests, strict=True) if r.token in keep]
-            requests = [r for r in requests if r.token in keep]
+    if late_gate and not rt.limits_pending(requests[0].task.cluster):
+        # The limits came while the tasks were registered and planned: gate as usual (else
+        # they go out ungated, and sbatch refuses what is over the limit: start_attempts).
+        drafts = _within_slots_late(rt, drafts)
+        keep = {r.token for _, _, r in drafts}
+        changes = [ch for ch, r in zip(changes, requests, strict=True) if r.token in keep]
+        requests = [r for r in requests if r.token in keep]
+    winners: list[SubmitRequest] = []
     try:
-        if winners is None and requests:
-            with rt.registry.transaction():  # committed before sbatch: the write-ahead
-                winners = _write_attempts(rt, changes, requests, now)
+        with rt.registry.transaction():  # committed before sbatch: the write-ahead
+            winners = _write_attempts(rt, changes, requests, now)
     except sqlite3.IntegrityError as exc:  # an attempt row exists already: nothing was written
         log.info("write-ahead batch: %s; writing ahead task by task", exc)
-        winners = []
         for ch, r in zip(changes, requests, strict=True):
             try:
                 with rt.registry.transaction():
                     winners += _write_attempts(rt, [ch], [r], now)
             except sqlite3.IntegrityError as one:
                 log.info("task %s: not submitted, changed meanwhile: %s", r.task.id, one)
-    winners = winners or []
     kept = {r.token for r in winners}
     for r in requests:
         if r.token not in kept:
@@ -336,34 +338,6 @@ def _write_attempts(rt: Runtime, changes: Sequence[Change], requests: Sequence[S
     return winners
 
 
-class _HoldBack(Exception):
-    """The write-ahead in progress is rolled back: the gate must choose first."""
-
-
-def _write_ahead_gated(rt: Runtime, changes: Sequence[Change], requests: Sequence[SubmitRequest],
-                       now: float) -> list[SubmitRequest] | None:  # fmt: skip
-    """The write-ahead, written while the cluster's limits are still being read and
-    committed once they allow every request (the winners), else rolled back (None).
-
-    The writes take ~0.1 s for 1,000 tasks and the read's sacctmgr queries ~0.3 s, so they
-    overlap, and nothing is committed before the gate has passed: what other processes can
-    see is exactly what the gate-first path commits. The write lock is held meanwhile, for
-    GATE_IN_TRANSACTION_SECONDS at most (then rolled back: the slow read is waited for
-    outside the transaction)."""
-    cluster = requests[0].task.cluster
-    try:
-        with rt.registry.transaction():
-            winners = _write_attempts(rt, changes, requests, now)
-            if not rt.wait_limits(cluster, GATE_IN_TRANSACTION_SECONDS):
-                raise _HoldBack
-            limit, busy, _ = _submit_slots(rt, cluster)  # busy counts the winners, now submitting
-            if limit is not None and busy > limit:
-                raise _HoldBack
-    except _HoldBack:
-        return None
-    return winners
-
-
 def _within_slots_late(rt: Runtime, drafts: list[tuple[TaskState, dict[str, Any], SubmitRequest]]
                        ) -> list[tuple[TaskState, dict[str, Any], SubmitRequest]]:  # fmt: skip
     """The drafts the submit slots have room for; a task over them that this process
@@ -379,10 +353,12 @@ def _within_slots_late(rt: Runtime, drafts: list[tuple[TaskState, dict[str, Any]
     return drafts[:free]
 
 
-def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest],
-                     by_token: Mapping[str, SubmitOutcome]) -> list[SubmitRequest]:  # fmt: skip
+def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest], by_token: Mapping[str, SubmitOutcome],
+                     *, refused: list[str] | None = None, retry_at: float | None = None) -> list[SubmitRequest]:  # fmt: skip
     """Record every outcome in one transaction; the requests whose job was created for an
-    attempt that is no longer current (the caller cancels those jobs)."""
+    attempt that is no longer current (the caller cancels those jobs). The ids of tasks
+    whose sbatch was refused for the submit limit go to ``refused``; they are due again at
+    ``retry_at`` (None: after the cluster's ``submit_limit_retry_seconds``)."""
     now = time.time()
     made = [(r, o) for r in requests if (o := by_token.get(r.token)) is not None and o.job_id]
     stray: list[SubmitRequest] = []
@@ -402,9 +378,27 @@ def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest],
                 stray.append(r)
         for r in requests:
             o = by_token.get(r.token)
-            if o is None or not o.job_id:
+            if o is not None and isinstance(o.error, SubmitLimitReached):
+                if _withdraw_refused(rt, r, o.error, retry_at) and refused is not None:
+                    refused.append(r.task.id)
+            elif o is None or not o.job_id:
                 record_outcome(rt, r, o)
     return stray
+
+
+def _withdraw_refused(rt: Runtime, req: SubmitRequest, error: SubmitLimitReached, retry_at: float | None) -> bool:
+    """sbatch refused the attempt for the cluster's submit limit: no job exists, so the
+    attempt is withdrawn (it costs the retry policy nothing) and the task waits for a slot,
+    ``created`` (``retrying`` if it had attempts before), due again at ``retry_at``."""
+    n = req.attempt
+    due = time.time() + rt.cluster(req.task.cluster).submit_limit_retry_seconds if retry_at is None else retry_at
+    detail = (f"attempt {n} withdrawn: sbatch refused it, the cluster's submit limit is full "
+              f"({error.reason}); no job was made, waiting for a submit slot")  # fmt: skip
+    done = rt.registry.withdraw_attempt(req.task.id, n, S.CREATED if n == 1 else S.RETRYING, source=rt.source,
+                                        detail=detail, fields={"next_attempt_at": due})  # fmt: skip
+    if not done:
+        log.info("task %s: attempt %s refused for the submit limit, but it moved meanwhile", req.task.id, n)
+    return done
 
 
 def record_outcome(rt: Runtime, req: SubmitRequest, out: SubmitOutcome | None) -> bool:

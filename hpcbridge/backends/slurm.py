@@ -24,6 +24,7 @@ from ..errors import (
     HpcBridgeError,
     SchedulerError,
     SchedulerUnavailable,
+    SubmitLimitReached,
     TransportError,
 )
 from ..lifecycle import TaskState
@@ -324,6 +325,12 @@ class SlurmBackend(SlurmMonitoring, SlurmFilesMixin, SlurmWatchMixin):
                     out[req.token] = SubmitOutcome(req.token, error=exc, unknown=True)
                 continue
             err_text = report.errors.get(req.token) or text
+            if (reason := slurm.submit_limit_reason(err_text)) is not None:
+                # Refused outright for the user's submit limit: no job, the task waits.
+                out[req.token] = SubmitOutcome(req.token, error=SubmitLimitReached(
+                    argv, rc, err_text, reason=reason, what=f"sbatch for task {req.task.id}",
+                    hint="the task waits for a submit slot; `sacctmgr show assoc user=$USER` shows the limit"))  # fmt: skip
+                continue
             failure = SchedulerError(argv, rc, err_text, what=f"sbatch for task {req.task.id}",
                                      hint="check the task's resources against the cluster's "
                                           "partitions and limits (sinfo, sacctmgr show qos)")  # fmt: skip

@@ -39,6 +39,7 @@ from .bulk import (
     render_marker_probe,
     render_submit_script,
     sbatch_outcome_uncertain,
+    submit_limit_reason,
 )
 from .commands import (
     COMMENT_PREFIX,
@@ -168,6 +169,7 @@ __all__ = [
     "scheduler_unreachable",
     "scontrol_show_job_argv",
     "scrub_env",
+    "submit_limit_reason",
     "scrub_env_shell",
     "squeue_argv",
     "squeue_missing_job_error",

@@ -174,6 +174,24 @@ def parse_submit_report(stdout: str) -> SubmitReport:
     return SubmitReport(status, errors)
 
 
+# slurmctld's names (job_reason_string) for the submit-count limits. sbatch prints the name
+# on a line of its own, "sbatch: error: AssocMaxSubmitJobLimit", above "Batch job submission
+# failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time
+# limits)". That second line also ends a job over a size or time limit, which waiting never
+# cures, so only these names mean "wait for a slot".
+SUBMIT_LIMIT_REASONS: tuple[str, ...] = (
+    "AssocMaxSubmitJobLimit", "AssocGrpSubmitJobsLimit", "QOSMaxSubmitJobPerUserLimit",
+    "QOSMaxSubmitJobPerAccountLimit", "QOSGrpSubmitJobsLimit",
+)  # fmt: skip
+_SUBMIT_LIMIT = re.compile(r"\b(" + "|".join(SUBMIT_LIMIT_REASONS) + r")\b")
+
+
+def submit_limit_reason(stderr: str) -> str | None:
+    """The submit limit a failed sbatch names (``SUBMIT_LIMIT_REASONS``), else None."""
+    m = _SUBMIT_LIMIT.search(stderr)
+    return m[1] if m else None
+
+
 def sbatch_outcome_uncertain(stderr: str) -> bool:
     """True when a failed sbatch may still have created the job (a lost reply, a timeout) or
     failed for a plainly temporary reason: the outcome is unknown and is resolved by token."""

@@ -204,7 +204,9 @@ def test_attempt_committed_but_sbatch_never_ran(fast_config: Path, db: Path) -> 
 
         # After it (counted from when the submitter was found gone): attempt 1 is written off
         # as never submitted, and after the retry backoff exactly one new one goes out.
-        time.sleep(max(0.0, (att.created_at or 0) + SUBMIT_GRACE + 0.5 - time.time()))
+        gone_at = svc.get(task_id).lease_lost_at  # the grace counts from here, not created_at
+        assert gone_at is not None, "the sync above found the submitter gone"
+        time.sleep(max(0.0, gone_at + SUBMIT_GRACE + 0.5 - time.time()))
         report = svc.sync_cluster("lab")
         assert (task_id, "submitting", "retrying") in report.changes, report
         assert svc.get(task_id).next_attempt_at is not None, "a never-submitted attempt backs off"

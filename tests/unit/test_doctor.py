@@ -111,10 +111,11 @@ def test_budget_above_the_site_rate_limit_fails() -> None:
 
 def test_enforced_accounting_without_an_association_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("getpass.getuser", lambda: "stranger")
-    text = CONFIG.replace("AccountingStorageEnforce = none", "AccountingStorageEnforce = associations,limits")
-    bad = next(c for c in run(replay(text)).checks if c.name == "associations")
+    assert "AccountingStorageEnforce = associations,limits,qos" in CONFIG  # the lab enforces
+    bad = next(c for c in run(replay()).checks if c.name == "associations")
     assert bad.status == "fail" and "stranger" in bad.detail and "sacctmgr add user" in bad.fix
-    lax = next(c for c in run(replay()).checks if c.name == "associations")
+    text = CONFIG.replace("AccountingStorageEnforce = associations,limits,qos", "AccountingStorageEnforce = none")
+    lax = next(c for c in run(replay(text)).checks if c.name == "associations")
     assert lax.status == "ok" and "not enforced" in lax.detail
 
 

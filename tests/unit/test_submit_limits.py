@@ -3,9 +3,11 @@ slots free; they never fail for it (a Service on the FakeBackend)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from hpcbridge.errors import SubmitLimitReached
 from hpcbridge.lifecycle import TaskState
 from hpcbridge.testing import FakeBackend
 
@@ -66,89 +68,102 @@ def test_a_cluster_lost_while_planning_hands_the_tasks_back_with_nothing_written
     svc.close()
 
 
-def test_limits_still_being_read_gate_the_submission_after_rendering(tmp_path: Path) -> None:
-    """The first submission reads the cluster's limits in a thread of their own (two
-    sacctmgr queries): registering, claiming and planning go on meanwhile, and the tasks
-    over MaxSubmitJobs are handed back once the limit is known, exactly as when it was
-    known before; the next submission finds the limit kept and gates before claiming."""
-    import threading
+def refused(name: str) -> SubmitLimitReached:
+    """What SlurmBackend makes of sbatch's refusal (tests/data/slurm/22.05/limits_refused_*)."""
+    return SubmitLimitReached(["sbatch"], 1, "sbatch: error: AssocMaxSubmitJobLimit\nsbatch: error: Batch job"
+                              " submission failed: Job violates accounting/QOS policy (job submit limit, user's"
+                              " size and/or time limits)", reason="AssocMaxSubmitJobLimit", what=f"sbatch for {name}")  # fmt: skip
 
-    from hpcbridge.slurm.limits import ClusterLimits
 
+def test_a_refusal_for_the_submit_limit_withdraws_the_attempt_and_the_task_waits(tmp_path: Path) -> None:
+    """Jobs submitted by other means fill slots hpcbridge does not count: sbatch refuses
+    the job, no job exists, so the attempt is withdrawn (no attempt of the retry policy is
+    spent), the task waits with the reason, and goes out later as attempt 1."""
     fake = FakeBackend()
-    planned = threading.Event()
-    reads: list[str] = []
-
-    def slow_limits() -> ClusterLimits:
-        reads.append(threading.current_thread().name)
-        assert planned.wait(10), "the submission waited for the limits before planning"
-        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=3)
-
-    real_plan = fake.plan
-
-    def plan(requests: Any) -> Any:
-        planned.set()
-        return real_plan(requests)
-
-    fake.cluster_limits = slow_limits  # type: ignore[attr-defined]
-    fake.plan = plan  # type: ignore[method-assign]
-    svc = make_service(tmp_path, fake)  # no max_submit_jobs configured: the cluster's counts
-    tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(5)])
-    assert reads and reads[0].startswith("hpcbridge-limits-"), reads
-    assert [t.state for t in tasks] == [S.QUEUED] * 3 + [S.CREATED] * 2
-    assert len(fake.submitted) == 3
-    for t in tasks[3:]:
-        assert t.next_attempt_at is not None and not svc.attempts(t.id)
-        assert any("waiting for a submit slot: 0 of the cluster's max_submit_jobs = 3 in use" in (e.detail or "")
-                   for e in svc.events(t.id)), [e.detail for e in svc.events(t.id)]
-    planned.clear()
-    more = svc.submit_many([{"command": ["true"], "name": "t5"}])  # limits kept: gated first
-    assert len(reads) == 1 and not planned.is_set() and more[0].state == S.CREATED
+    fake.fail_submit("t1", "permanent", error=refused("t1"))
+    svc = make_service(tmp_path, fake)
+    t0, t1 = svc.submit_many([{"command": ["true"], "name": f"t{i}", "max_attempts": 1} for i in range(2)])
+    assert t0.state == S.QUEUED
+    assert t1.state == S.CREATED and t1.attempt_count == 0 and not svc.attempts(t1.id)
+    assert t1.next_attempt_at is not None and t1.next_attempt_at > time.time() + 30  # backs off
+    details = [e.detail or "" for e in svc.events(t1.id)]
+    assert any("attempt 1 withdrawn" in d and "AssocMaxSubmitJobLimit" in d and "waiting for a submit slot" in d
+               for d in details), details
+    svc.sync_cluster("lab")
+    assert len(fake.submitted) == 2  # not due yet: no second sbatch within the backoff
+    svc.registry.update_task(t1.id, {"next_attempt_at": time.time()})  # the backoff is over
+    svc.sync_cluster("lab")
+    assert svc.get(t1.id).state == S.QUEUED and [a.number for a in svc.attempts(t1.id)] == [1]
     assert len(fake.submitted) == 3
     svc.close()
 
 
-def test_the_write_ahead_is_written_while_the_limits_are_read_and_committed_once_they_allow_it(
-        tmp_path: Path) -> None:  # fmt: skip
-    """While the limits are read, the write-ahead's writes go in (its transaction holds the
-    registry's write lock) and commit only once the limit is known to allow every task; no
-    other process ever sees an attempt the gate would not have let out."""
-    import sqlite3
-    import sys
+def test_a_refused_retry_keeps_its_earlier_attempts_and_waits_as_retrying(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    svc = make_service(tmp_path, fake)
+    [t] = svc.submit_many([{"command": ["true"], "name": "t0", "max_attempts": 2}])
+    fake.set_state("t0", 1, S.PREEMPTED)
+    fake.fail_submit("t0", "permanent", attempt=2, error=refused("t0"))
+    svc.sync_cluster("lab")
+    assert svc.get(t.id).state == S.PREEMPTED
+    svc.registry.update_task(t.id, {"next_attempt_at": time.time()})  # its backoff is over
+    svc.sync_cluster("lab")  # attempt 2 goes out and is refused
+    task = svc.get(t.id)
+    assert task.state == S.RETRYING and task.attempt_count == 1, (task.state, task.attempt_count)
+    assert [a.number for a in svc.attempts(t.id)] == [1]
+    assert any("attempt 2 withdrawn" in (e.detail or "") for e in svc.events(t.id))
+    svc.registry.update_task(t.id, {"next_attempt_at": time.time()})
+    svc.sync_cluster("lab")  # max_attempts = 2: the refusal spent none of them
+    assert svc.get(t.id).state == S.QUEUED and [a.number for a in svc.attempts(t.id)] == [1, 2]
+    svc.close()
+
+
+def test_limits_still_being_read_hold_nothing_up_and_refused_tasks_are_gated_once_they_come(tmp_path: Path) -> None:
+    """The first submission reads the cluster's limits in a thread of their own (two
+    sacctmgr queries, 0.3 s) and does not wait for them: the tasks go out, and what sbatch
+    refuses for the submit limit is withdrawn and, once the limit is known, started again
+    through the gate (here: no slot, so it waits). The next submission finds the limit kept
+    and gates before anything is claimed."""
     import threading
-    import time
 
     from hpcbridge.slurm.limits import ClusterLimits
 
     fake = FakeBackend()
-    seen: list[str] = []
+    sent = threading.Event()
+    reads: list[str] = []
 
-    main = threading.main_thread()
+    def slow_limits() -> ClusterLimits:
+        reads.append(threading.current_thread().name)
+        assert sent.wait(10), "the submission waited for the limits"
+        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=3)
 
-    def limits() -> ClusterLimits:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # until the submission waits for this read
-            frame = sys._current_frames().get(main.ident or 0)
-            if frame is not None and frame.f_code.co_name in ("_wait_for_tstate_lock", "join"):
-                break
-            time.sleep(0.002)
-        other = sqlite3.connect(tmp_path / "r.db", timeout=0, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            other.execute("ROLLBACK")
-            seen.append("free")
-        except sqlite3.OperationalError:  # "database is locked": the write-ahead is open
-            seen.append("locked")
-        seen.append(str(other.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]))
-        other.close()
-        return ClusterLimits(max_array_size=None, max_job_count=None, max_submit_jobs=5)
+    real_submit = fake.submit
 
-    fake.cluster_limits = limits  # type: ignore[attr-defined]
-    svc = make_service(tmp_path, fake)
+    def submit(requests: Any) -> Any:
+        out = real_submit(requests)
+        sent.set()
+        return out
+
+    fake.cluster_limits = slow_limits  # type: ignore[attr-defined]
+    fake.submit = submit  # type: ignore[method-assign]
+    for name in ("t3", "t4"):  # what Slurm would refuse: 3 slots
+        fake.fail_submit(name, "permanent", error=refused(name))
+    svc = make_service(tmp_path, fake)  # no max_submit_jobs configured: the cluster's counts
     tasks = svc.submit_many([{"command": ["true"], "name": f"t{i}"} for i in range(5)])
-    assert seen[:2] == ["locked", "0"], seen
-    assert [t.state for t in tasks] == [S.QUEUED] * 5 and len(fake.submitted) == 5
-    assert all(len(svc.attempts(t.id)) == 1 for t in tasks)
+    assert reads and reads[0].startswith("hpcbridge-limits-"), reads
+    assert [t.state for t in tasks] == [S.QUEUED] * 3 + [S.CREATED] * 2
+    assert len(fake.submitted) == 5  # t3 and t4 once each: the gate held them the second time
+    for t in tasks[3:]:
+        assert not svc.attempts(t.id) and t.attempt_count == 0
+        assert any("withdrawn" in (e.detail or "") for e in svc.events(t.id))
+    sent.clear()
+    more = svc.submit_many([{"command": ["true"], "name": "t5"}])  # limits kept: gated first
+    assert len(reads) == 1 and more[0].state == S.CREATED
+    assert len(fake.submitted) == 5
+    fake.set_state("t0", 1, S.SUCCEEDED, exit_code=0)
+    for _ in range(3):
+        svc.sync_cluster("lab")
+    assert len(fake.submitted) == 6  # one slot freed: one more went out
     svc.close()
 
 
