@@ -141,14 +141,6 @@ class Runtime:
         read = self._limit_reads.get(cluster)
         return read is not None and read.is_alive()
 
-    def wait_limits(self, cluster: str, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a read ``prefetch_limits`` started; True once none
-        is under way (``cluster_limits`` then answers at once)."""
-        read = self._limit_reads.get(cluster)
-        if read is not None:
-            read.join(timeout)
-        return not self.limits_pending(cluster)
-
     def _limits_file(self, cluster: str) -> Path:
         return self.data_dir / "limits" / (re.sub(r"[^A-Za-z0-9_.-]", "_", cluster) + ".json")
 

@@ -550,17 +550,18 @@ def test_the_cluster_utc_offset_is_read_again_so_a_dst_change_is_followed(monkey
     assert len(transport.calls_to("date")) == 2
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(("capture", "reason"), [
     ("limits_refused_assoc", "AssocMaxSubmitJobLimit"),
     ("limits_refused_assoc_array", "AssocMaxSubmitJobLimit"),
     ("limits_refused_qos", "QOSMaxSubmitJobPerUserLimit"),
 ])  # fmt: skip
-def test_sbatch_refused_for_a_submit_limit_is_a_wait_not_a_failure(capture: str, reason: str) -> None:
+def test_sbatch_refused_for_a_submit_limit_is_a_wait_not_a_failure(version: str, capture: str, reason: str) -> None:
     """sbatch's real refusal (the lab enforcing MaxSubmitJobs, scripts/lab/capture-limits.sh)
     becomes SubmitLimitReached naming the limit: no job exists, and the task waits."""
     from hpcbridge.errors import SubmitLimitReached
 
-    refused = Reply.from_files(DATA / "22.05", capture)
+    refused = Reply.from_files(DATA / version, capture)
     assert refused.exit_status == 1 and slurm.submit_limit_reason(refused.stderr) == reason
     transport = ReplayTransport().on_script(
         report_line("toka", refused.exit_status, refused.stdout.strip()) + report_error("toka", refused.stderr))
@@ -569,10 +570,11 @@ def test_sbatch_refused_for_a_submit_limit_is_a_wait_not_a_failure(capture: str,
     assert a.error.reason == reason and not a.error.transient
 
 
-def test_a_size_or_time_policy_refusal_stays_a_failure() -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_size_or_time_policy_refusal_stays_a_failure(version: str) -> None:
     """The same "violates accounting/QOS policy" line ends a job over a size or time limit,
     which waiting never cures: only the submit-count reasons mean wait."""
-    stderr = Reply.from_files(DATA / "22.05", "limits_refused_max_wall").stderr  # QOS MaxWall, DenyOnLimit
+    stderr = Reply.from_files(DATA / version, "limits_refused_max_wall").stderr  # QOS MaxWall, DenyOnLimit
     assert "violates accounting/QOS policy" in stderr and slurm.submit_limit_reason(stderr) is None
     transport = ReplayTransport().on_script(report_line("toka", 1, "") + report_error("toka", stderr))
     (a,) = SlurmBackend(cluster(), transport).submit(submit_requests("a"))

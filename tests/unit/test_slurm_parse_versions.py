@@ -138,8 +138,7 @@ def files(pattern: str, *, exclude: str | None = None) -> list[tuple[str, str]]:
 def test_every_version_has_every_capture():
     # The monitoring captures (usage_*, queue_*: scripts/lab/capture-usage.sh) exist for 22.05
     # only so far; their parsers' tests say so. The limits captures (limits_*:
-    # scripts/lab/capture-limits.sh, tests/unit/test_slurm_limits.py) exist for 22.05 and 24.11,
-    # but sbatch's refusals (limits_refused_*, the lab enforcing limits) for 22.05 only.
+    # scripts/lab/capture-limits.sh, tests/unit/test_slurm_limits.py) exist for 22.05 and 24.11.
     names = {v: {p.name for p in (ROOT / v).iterdir()
                  if not p.name.startswith(("hpcb", "README-hpcb", "usage_", "queue_", "limits_"))}
              for v in VERSIONS}
