@@ -53,6 +53,9 @@ from .schema import (
 )
 
 log = get_logger(__name__)
+# The task columns with the spec left out (its JSON is most of a row), for callers that
+# hold the spec already.
+_WITHOUT_SPEC = TASK_COLUMNS.replace(" spec,", " NULL AS spec,")
 
 
 class Registry(BatchWrites):
@@ -238,13 +241,13 @@ class Registry(BatchWrites):
     def refresh(self, tasks: Sequence[Task]) -> list[Task]:
         """``tasks`` as the registry holds them now, keeping their specs (fixed at submission,
         so not parsed again: most of the cost of reading a task)."""
-        rows = self._rows([t.id for t in tasks])
+        rows = self._rows([t.id for t in tasks], columns=_WITHOUT_SPEC)
         return [row_to_task(rows[t.id], t.spec) for t in tasks]
 
-    def _rows(self, task_ids: Sequence[str]) -> dict[str, sqlite3.Row]:
+    def _rows(self, task_ids: Sequence[str], *, columns: str = TASK_COLUMNS) -> dict[str, sqlite3.Row]:
         rows: dict[str, sqlite3.Row] = {}
         for part in chunks(task_ids):
-            for r in self.conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks(len(part))})", part):
+            for r in self.conn.execute(f"SELECT {columns} FROM tasks WHERE id IN ({marks(len(part))})", part):
                 rows[r["id"]] = r
         missing = [t for t in task_ids if t not in rows]
         if missing:

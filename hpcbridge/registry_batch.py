@@ -157,12 +157,6 @@ class BatchWrites:
             )  # fmt: skip
         return done
 
-    def mark_submitted(self, task_ids: Sequence[str], at: float) -> None:
-        """``submitted_at`` of tasks that had none (their first job)."""
-        with self.transaction() as c:
-            c.executemany("UPDATE tasks SET submitted_at = ? WHERE id = ? AND submitted_at IS NULL",
-                          [(at, tid) for tid in task_ids])  # fmt: skip
-
 
 def chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
     """``items`` in slices SQLite's bound-parameter limit takes."""

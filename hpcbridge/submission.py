@@ -367,10 +367,11 @@ def _record_outcomes(rt: Runtime, requests: Sequence[SubmitRequest], by_token: M
             [JobRecord(r.task.id, r.attempt, o.job_id or "", {**r.backend_ref, **o.backend_ref}) for r, o in made],
             at=now)  # fmt: skip
         queued = [(r, o) for (r, o), ok in zip(made, recorded, strict=True) if ok]
-        moved = rt.registry.transition_many(
+        # submitted_at: the task's first job (no other process sets it while we submit)
+        rt.registry.transition_many(
             [Change(r.task.id, S.SUBMITTING, S.QUEUED, f"attempt {r.attempt}: job {o.job_id} submitted",
-                    r.attempt, None, r.attempt) for r, o in queued], source=rt.source)  # fmt: skip
-        rt.registry.mark_submitted([r.task.id for (r, _), ok in zip(queued, moved, strict=True) if ok], now)
+                    r.attempt, None if r.task.submitted_at else {"submitted_at": now}, r.attempt)
+             for r, o in queued], source=rt.source)  # fmt: skip
         for (r, o), ok in zip(made, recorded, strict=True):
             if ok:
                 log.info("task %s attempt %s: submitted as job %s", r.task.id, r.attempt, o.job_id)
